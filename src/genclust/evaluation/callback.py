@@ -1,0 +1,209 @@
+"""The one evaluation callback every method shares.
+
+It predicts through the method contract (``assign``) on every eval set, gathers the
+predictions across DDP ranks *by dataset index* (so the duplicates a padded shard adds are
+dropped), computes the metrics identically on every rank, and logs ``eval/<split>/<metric>``
+from rank zero. The final evaluation also writes ``metrics.json``, ``assignments.npz``, a
+confusion matrix per split and, for generative methods, a per-cluster sample grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
+
+from genclust.data.datamodule import ClusteringDataModule, TensorSet
+from genclust.evaluation.metrics import DEFINITIONS, clustering_report, contingency, hungarian_match
+from genclust.methods.base import ClusteringMethod
+
+log = logging.getLogger(__name__)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def predict_set(module: ClusteringMethod, data: TensorSet, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
+    """(probs [N, K], labels [N]) for every example of ``data``, in index order, on every rank.
+
+    Under DDP each rank predicts a strided shard padded to equal length (as a
+    DistributedSampler does), the shards are all-gathered with their dataset indices, and the
+    padded duplicates are dropped by index: the result equals single-process prediction.
+    """
+    rank, world = _dist_info()
+    n = len(data)
+    if world == 1:
+        return module.assign_in_batches(data.x, batch_size)
+    per_rank = math.ceil(n / world)
+    positions = torch.arange(rank, n, world)
+    if len(positions) < per_rank:  # pad with a repeat, like DistributedSampler(drop_last=False)
+        positions = torch.cat([positions, positions[: per_rank - len(positions)]])
+    probs, labels = module.assign_in_batches(data.x[positions], batch_size)
+    device = module.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered = {}
+    for name, t in (("idx", data.idx[positions]), ("probs", probs), ("labels", labels)):
+        t = t.to(device).contiguous()
+        bucket = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(bucket, t)
+        gathered[name] = torch.cat(bucket).cpu()
+    idx = gathered["idx"]
+    order = torch.argsort(idx, stable=True)
+    idx_sorted = idx[order]
+    first = torch.ones_like(idx_sorted, dtype=torch.bool)
+    first[1:] = idx_sorted[1:] != idx_sorted[:-1]
+    keep = order[first]
+    if len(keep) != n:
+        raise RuntimeError(f"gathered {len(keep)} unique indices for {n} examples")
+    return gathered["probs"][keep], gathered["labels"][keep]
+
+
+class ClusteringEvaluator(Callback):
+    """Evaluates every ``every_n_epochs`` epochs during training and once at the end."""
+
+    def __init__(self, every_n_epochs: int = 1, batch_size: int = 1024, output_dir: str | None = None,
+                 save_figures: bool = True, samples_per_cluster: int = 10) -> None:
+        super().__init__()
+        self.every_n_epochs = int(every_n_epochs)
+        self.batch_size = int(batch_size)
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.save_figures = save_figures
+        self.samples_per_cluster = int(samples_per_cluster)
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, module: ClusteringMethod, datamodule: ClusteringDataModule
+                 ) -> tuple[dict[str, float], dict[str, tuple[Tensor, Tensor]]]:
+        """Metrics ``{eval/<split>/<metric>: value}`` and predictions ``{split: (probs, labels)}``."""
+        metrics: dict[str, float] = {}
+        predictions: dict[str, tuple[Tensor, Tensor]] = {}
+        for split, data in datamodule.eval_sets.items():
+            probs, labels = predict_set(module, data, self.batch_size)
+            predictions[split] = (probs, labels)
+            for key, value in clustering_report(data.y.numpy(), labels.numpy()).items():
+                metrics[f"eval/{split}/{key}"] = value
+        return metrics, predictions
+
+    def _log(self, loggers: Iterable[Any], metrics: Mapping[str, float], step: int) -> None:
+        if _dist_info()[0] != 0:
+            return
+        for logger in loggers:
+            logger.log_metrics(dict(metrics), step=step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs <= 0 or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, ClusteringDataModule) or not isinstance(pl_module, ClusteringMethod):
+            return
+        metrics, _ = self.evaluate(pl_module, datamodule)
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        self.history.append(record)
+        self._log(trainer.loggers, metrics, trainer.global_step)
+        primary = next(iter(datamodule.eval_sets))
+        log.info("epoch %d: %s", trainer.current_epoch,
+                 " ".join(f"{k}={metrics[f'eval/{primary}/{k}']:.4f}" for k in ("acc", "nmi", "ari")))
+
+    # ------------------------------------------------------------------ final
+    def final(self, module: ClusteringMethod, datamodule: ClusteringDataModule, loggers: Iterable[Any] = (),
+              extra: Mapping[str, Any] | None = None, step: int = 0) -> dict[str, Any]:
+        """Final evaluation: metrics.json, assignments.npz and figures in ``output_dir`` (rank zero)."""
+        loggers = list(loggers)
+        metrics, predictions = self.evaluate(module, datamodule)
+        curve = self.per_k_curve(module, datamodule)
+        primary = next(iter(datamodule.eval_sets))
+        result: dict[str, Any] = {k: metrics[f"eval/{primary}/{k}"] for k in
+                                  ("acc", "nmi", "ari", "purity", "mean_class_acc", "fraction_labeled",
+                                   "acc_labeled", "clusters_found")}
+        result.update(metrics)
+        result["primary_split"] = primary
+        result.update(extra or {})
+        result["protocol"] = datamodule.protocol()
+        result["method_info"] = module.describe()
+        result["metric_definitions"] = DEFINITIONS
+        if curve:
+            result["per_k"] = curve
+        if self.history:
+            result["history"] = self.history
+        if _dist_info()[0] != 0:
+            return result
+        self._log(loggers, {k: v for k, v in metrics.items()}, step)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "metrics.json").write_text(json.dumps(result, indent=2, default=float))
+            save_assignments(self.output_dir / "assignments.npz", datamodule, predictions)
+            if self.save_figures:
+                paths = self.figures(module, datamodule, predictions)
+                _log_images(loggers, paths)
+        return result
+
+    def per_k_curve(self, module: ClusteringMethod, datamodule: ClusteringDataModule) -> list[dict[str, Any]]:
+        """Metrics at every number of clusters a hierarchical method can cut its tree at."""
+        ks = module.available_k()
+        if not ks:
+            return []
+        curve = []
+        for k in ks:
+            row: dict[str, Any] = {"k": k}
+            for split, data in datamodule.eval_sets.items():
+                probs = module.probs_at_k(data.x, k, self.batch_size)
+                report = clustering_report(data.y.numpy(), probs.argmax(1).numpy())
+                row.update({f"{split}/{m}": report[m] for m in ("acc", "nmi", "ari", "purity")})
+            curve.append(row)
+        return curve
+
+    def figures(self, module: ClusteringMethod, datamodule: ClusteringDataModule,
+                predictions: Mapping[str, tuple[Tensor, Tensor]]) -> list[Path]:
+        from genclust.viz.figures import confusion_figure, sample_grid
+
+        assert self.output_dir is not None
+        fig_dir = self.output_dir / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        paths = []
+        for split, (_, labels) in predictions.items():
+            paths.append(confusion_figure(datamodule.eval_sets[split].y.numpy(), labels.numpy(),
+                                          fig_dir / f"confusion_{split}.png", title=f"{datamodule.name} / {split}"))
+        if module.generative and datamodule.kind == "image":
+            path = sample_grid(module, self.samples_per_cluster, fig_dir / "samples_per_cluster.png")
+            if path is not None:
+                paths.append(path)
+        try:
+            paths.extend(module.save_figures(fig_dir))
+        except Exception as err:  # a figure must never cost the run its metrics
+            log.warning("method figures failed: %s", err)
+        return paths
+
+
+def save_assignments(path: Path, datamodule: ClusteringDataModule,
+                     predictions: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+    """``<split>/index``, ``<split>/cluster``, ``<split>/probs`` (and ``<split>/label``) per eval split."""
+    arrays: dict[str, np.ndarray] = {}
+    for split, (probs, labels) in predictions.items():
+        data = datamodule.eval_sets[split]
+        arrays[f"{split}/index"] = data.idx.numpy()
+        arrays[f"{split}/cluster"] = labels.numpy()
+        arrays[f"{split}/probs"] = probs.numpy().astype(np.float32)
+        arrays[f"{split}/label"] = data.y.numpy()
+    np.savez_compressed(path, **arrays)
+
+
+def _log_images(loggers: Iterable[Any], paths: list[Path]) -> None:
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            for p in paths:
+                logger.log_image(key=f"figures/{p.stem}", images=[str(p)])
+
+
+__all__ = ["ClusteringEvaluator", "predict_set", "save_assignments", "hungarian_match", "contingency"]

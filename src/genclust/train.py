@@ -1,0 +1,165 @@
+"""The training entry point: ``python train.py method=X dataset=Y`` (== ``genclust-train``).
+
+Composes method + dataset + trainer configs, trains through the method contract, runs the
+shared final evaluation and writes the run folder:
+
+    <run>/metrics.json  assignments.npz  model.pt  figures/  checkpoints/last.ckpt  csv/  .hydra/
+
+Re-running with the same ``hydra.run.dir`` resumes from ``checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from genclust.errors import DivergenceError, GenclustError
+
+log = logging.getLogger("genclust")
+
+CONFIG_DIR = Path(os.environ.get("GENCLUST_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+# groups whose option names are checked before Hydra runs (one clear line instead of a traceback)
+CHECKED_GROUPS = ("method", "dataset", "trainer", "logger", "experiment", "callbacks")
+
+
+def known_options(group: str) -> list[str]:
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def check_overrides(argv: list[str]) -> str | None:
+    """Return an error line for an unknown method/dataset/... option on the command line, else None."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("override "):
+            key = key[len("override "):]
+        key = key.split("@")[0].strip("/")
+        if key not in CHECKED_GROUPS or not value or value == "null" or "(" in value:
+            continue
+        known = known_options(key)
+        for option in value.split(","):
+            if option and option not in known:
+                return f"genclust: unknown {key} '{option}'; known {key}s: {', '.join(known)}"
+    return None
+
+
+def build_datamodule(cfg: DictConfig, method: Any):
+    from genclust.data.datamodule import ClusteringDataModule
+
+    return ClusteringDataModule(
+        dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+        batch_size=method.batch_size,
+        pixel_range=method.pixel_range,
+        data_dir=cfg.paths.data_dir,
+        download=cfg.paths.download,
+        num_workers=cfg.get("num_workers", 0),
+    )
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; returns the final metrics (also in metrics.json)."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from genclust.evaluation.callback import ClusteringEvaluator
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.seed is not None:
+        pl.seed_everything(int(cfg.seed), workers=True)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+
+    method = instantiate(cfg.method, _convert_="all")
+    datamodule = build_datamodule(cfg, method)
+    datamodule.setup("fit")  # load now: data errors surface before any model work
+    if method.n_clusters > len(datamodule.fit_set):
+        raise GenclustError(f"n_clusters={method.n_clusters} exceeds the {len(datamodule.fit_set)} examples")
+    log.info("method %s on %s: %d examples to cluster into K=%d", type(method).__name__, datamodule.name,
+             len(datamodule.fit_set), method.n_clusters)
+
+    loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None and "_target_" in c]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+    evaluators = [c for c in callbacks if isinstance(c, ClusteringEvaluator)]
+    evaluator = evaluators[0] if evaluators else ClusteringEvaluator(every_n_epochs=0, output_dir=str(run_dir))
+    for lg in loggers:
+        if hasattr(lg, "log_hyperparams"):
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    def make_trainer(**overrides: Any) -> pl.Trainer:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                           default_root_dir=str(run_dir), **overrides)
+
+    ckpt_path = cfg.get("ckpt_path")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and last.is_file():
+        ckpt_path = str(last)
+        log.info("resuming from %s", ckpt_path)
+
+    trainer = None
+    try:
+        trainer = method.fit_method(make_trainer, datamodule, ckpt_path=ckpt_path)
+    except DivergenceError as err:
+        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was saved before it"
+        raise DivergenceError(f"{err}; training stopped ({kept})") from err
+
+    extra = {"method": cfg.get("method_name"), "dataset": datamodule.name, "seed": cfg.seed,
+             "run_dir": str(run_dir)}
+    if trainer is not None:
+        extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step)
+    step = trainer.global_step if trainer is not None else 0
+    result = evaluator.final(method, datamodule, loggers=loggers, extra=extra, step=step)
+    if trainer is None or trainer.is_global_zero:
+        torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
+                   run_dir / "model.pt")
+        print(f"[genclust] {extra['method']} on {datamodule.name} (seed {cfg.seed}): "
+              f"ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  -> {run_dir}")
+    return result
+
+
+def _close_loggers() -> None:
+    """Always finish W&B so one failed multirun job cannot poison the next."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        result = run(cfg)
+    except GenclustError as err:
+        print(f"genclust: error: {err}", file=sys.stderr)
+        _close_loggers()
+        sys.exit(2 if not isinstance(err, DivergenceError) else 3)
+    finally:
+        _close_loggers()
+    metric = cfg.get("optimized_metric")
+    return float(result[metric]) if metric and metric in result else None
+
+
+def main() -> None:
+    error = check_overrides(sys.argv[1:])
+    if error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["main", "run", "check_overrides"]

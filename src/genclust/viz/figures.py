@@ -1,0 +1,54 @@
+"""Figures shared by every method: confusion matrix and per-cluster sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+
+from genclust.evaluation.metrics import contingency, hungarian_match  # noqa: E402
+
+
+def confusion_figure(labels_true: np.ndarray, labels_pred: np.ndarray, path: Path, title: str = "") -> Path:
+    """Cluster x class counts, clusters ordered by their Hungarian-matched class."""
+    table = contingency(labels_true, labels_pred)
+    classes = np.unique(labels_true)
+    clusters = np.unique(labels_pred)
+    match = hungarian_match(labels_true, labels_pred)
+    class_pos = {int(c): i for i, c in enumerate(classes)}
+    order = sorted(range(len(clusters)), key=lambda r: class_pos.get(match.get(int(clusters[r]), -10**9), 10**9))
+    table = table[order]
+    fig, ax = plt.subplots(figsize=(1 + 0.45 * len(classes), 1 + 0.4 * len(clusters)))
+    ax.imshow(table, cmap="Blues")
+    for (r, c), v in np.ndenumerate(table):
+        if v:
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=6,
+                    color="white" if v > table.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_yticks(range(len(clusters)), [str(clusters[r]) for r in order])
+    ax.set_xlabel("class (evaluation only)")
+    ax.set_ylabel("cluster")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def sample_grid(module, per_cluster: int, path: Path) -> Path | None:
+    """One row of generated images per cluster (``module.sample(n, cluster=k)``)."""
+    rows = []
+    for k in range(module.n_clusters):
+        images = module.sample(per_cluster, cluster=k)
+        if images is None:
+            return None
+        rows.append(module.to_unit_range(images.float().cpu()).clamp(0, 1))
+    save_image(torch.cat(rows), path, nrow=per_cluster, padding=1)
+    return path
