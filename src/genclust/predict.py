@@ -1,0 +1,94 @@
+"""Cluster (new) data with a trained run: ``genclust-predict RUN_DIR [--dataset NAME] [--out FILE]``.
+
+RUN_DIR is a run folder (its ``.hydra/config.yaml`` and ``model.pt``) or a Lightning checkpoint
+inside one (``RUN_DIR/checkpoints/last.ckpt``). The dataset defaults to the training dataset;
+``--dataset`` takes any dataset config with the same image shape. Writes ``assignments.npz``
+(per eval split: index, cluster, probs, label) and prints the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from genclust.errors import GenclustError
+from genclust.train import CONFIG_DIR, known_options
+
+
+def load_run(path: Path) -> tuple[object, dict, Path]:
+    """(method with trained weights, run config, run folder) from a run folder or a checkpoint in one."""
+    path = path.resolve()
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        weights = path
+    else:
+        run_dir = path
+        weights = run_dir / "model.pt"
+        if not weights.is_file():
+            last = run_dir / "checkpoints" / "last.ckpt"
+            weights = last if last.is_file() else weights
+    cfg_file = run_dir / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        raise GenclustError(f"{run_dir} is not a run folder (no .hydra/config.yaml)")
+    if not weights.is_file():
+        raise GenclustError(f"no trained weights in {run_dir} (model.pt or checkpoints/last.ckpt)")
+    saved = torch.load(weights, map_location="cpu", weights_only=False)
+    cfg = OmegaConf.load(cfg_file)
+    method = instantiate(cfg.method, _convert_="all")
+    method.load_state_dict(saved["state_dict"])
+    method.eval()
+    return method, cfg, run_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="genclust-predict", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="run folder or checkpoint")
+    parser.add_argument("--dataset", help="dataset config name (default: the training dataset)")
+    parser.add_argument("--data-dir", help="IDX data folder (default: the run's paths.data_dir)")
+    parser.add_argument("--out", type=Path, help="output file (default: <run>/predictions/<dataset>.npz)")
+    args = parser.parse_args(argv)
+    try:
+        result = predict(args.run, args.dataset, args.data_dir, args.out)
+    except GenclustError as err:
+        print(f"genclust-predict: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result, indent=2))
+
+
+def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, out: Path | None = None) -> dict:
+    from genclust.data.datamodule import ClusteringDataModule
+    from genclust.evaluation.callback import predict_set, save_assignments
+    from genclust.evaluation.metrics import clustering_report
+
+    method, cfg, run_dir = load_run(run)
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if dataset:
+        if dataset not in known_options("dataset"):
+            raise GenclustError(f"unknown dataset '{dataset}'; known datasets: {', '.join(known_options('dataset'))}")
+        dataset_cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "dataset" / f"{dataset}.yaml"))
+    if tuple(dataset_cfg["img_shape"]) != tuple(method.img_shape):
+        raise GenclustError(f"dataset shape {dataset_cfg['img_shape']} differs from the model's {list(method.img_shape)}")
+    dm = ClusteringDataModule(dataset_cfg, batch_size=1, pixel_range=method.pixel_range,
+                              data_dir=data_dir or cfg.paths.data_dir, download=cfg.paths.download, drop_last=False)
+    dm.setup("predict")
+    predictions, result = {}, {}
+    for split, data in dm.eval_sets.items():
+        probs, labels = predict_set(method, data)
+        predictions[split] = (probs, labels)
+        report = clustering_report(data.y.numpy(), labels.numpy())
+        result[split] = {k: report[k] for k in ("acc", "nmi", "ari")} | {"n": len(data)}
+    out = out or run_dir / "predictions" / f"{dm.name}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_assignments(out, dm, predictions)
+    result["written"] = str(out)
+    return result
+
+
+if __name__ == "__main__":
+    main()

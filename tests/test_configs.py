@@ -1,0 +1,39 @@
+"""Every method x dataset composes, and every method instantiates from its composed config."""
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tests.helpers import compose_cfg, options
+
+METHODS = options("method")
+DATASETS = options("dataset")
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("method", METHODS)
+def test_compose_every_pair(method, dataset):
+    cfg = compose_cfg([f"method={method}", f"dataset={dataset}"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["method"]["n_clusters"] == resolved["dataset"]["n_clusters"]
+    assert list(resolved["method"]["img_shape"]) == list(resolved["dataset"]["img_shape"])
+    module = instantiate(cfg.method, _convert_="all")
+    assert module.n_clusters == cfg.dataset.n_clusters
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_compose_every_experiment(experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    OmegaConf.to_container(cfg, resolve=True)
+    instantiate(cfg.method, _convert_="all")
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_compose_every_trainer(trainer):
+    cfg = compose_cfg([f"trainer={trainer}"])
+    assert cfg.trainer._target_ == "pytorch_lightning.Trainer"
+
+
+def test_struct_mode_rejects_typos():
+    with pytest.raises(Exception, match="sed"):
+        compose_cfg(["sed=1"])

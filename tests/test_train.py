@@ -1,0 +1,89 @@
+"""The command line: default run, run folder contents, bad input, multirun + summary, predict."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, options, requires_mnist_test, run_cli
+
+
+def test_default_run_writes_run_folder(tmp_path):
+    proc = run_cli(["trainer=smoke", "logger=wandb"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ACC" in proc.stdout and "NMI" in proc.stdout and "ARI" in proc.stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("acc", "nmi", "ari", "eval/train/acc", "eval/test/acc", "seed", "protocol", "metric_definitions"):
+        assert key in metrics
+    assert metrics["protocol"]["fit_on"] == ["train"]
+    assert 0.0 <= metrics["acc"] <= 1.0
+    arrays = np.load(tmp_path / "assignments.npz")
+    assert arrays["test/probs"].shape[0] == arrays["test/cluster"].shape[0] == metrics["protocol"]["evaluate_on"][
+        "test"]["n"]
+    np.testing.assert_allclose(arrays["test/probs"].sum(1), 1.0, atol=1e-4)
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "figures" / "confusion_test.png").is_file()
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "W&B runs offline without a key"
+
+
+@pytest.mark.parametrize("group", ["method", "dataset"])
+def test_unknown_option_is_one_line(tmp_path, group):
+    proc = run_cli([f"{group}=nope"], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"unknown {group} 'nope'" in lines[0]
+    for known in options(group):
+        assert known in lines[0]
+
+
+def test_impossible_k_is_one_line(tmp_path):
+    proc = run_cli(["method.n_clusters=0"], tmp_path)
+    assert proc.returncode != 0
+    assert "n_clusters must be >= 1" in proc.stderr
+    proc = run_cli(["method.n_clusters=5000"], tmp_path)
+    assert proc.returncode == 2 and "exceeds" in proc.stderr
+
+
+def test_missing_data_is_one_line(tmp_path):
+    proc = run_cli(["dataset=mnist_test", "paths.download=false"], tmp_path,
+                   env={"GENCLUST_DATA_DIR": str(tmp_path / "empty")})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("genclust: error: mnist test files not found")
+
+
+def test_multirun_seeds_and_summary(tmp_path):
+    proc = run_cli(["-m", "method=kmeans,gmm", "dataset=digits", "seed=0,1", "method.n_init=1",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli([str(tmp_path / "sweep")], script="scripts/summarize.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "| kmeans | digits | 2 |" in proc.stdout and "| gmm | digits | 2 |" in proc.stdout
+    assert (tmp_path / "sweep" / "summary.csv").is_file()
+
+
+def test_same_seed_same_assignments(tmp_path):
+    for name in ("a", "b"):
+        assert run_cli(["seed=3", f"hydra.run.dir={tmp_path / name}"]).returncode == 0
+    a, b = (np.load(tmp_path / n / "assignments.npz")["train/cluster"] for n in ("a", "b"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_predict_clusters_new_data(tmp_path):
+    assert run_cli([], tmp_path).returncode == 0
+    proc = run_cli([str(tmp_path), "--out", str(tmp_path / "pred.npz")], script="predict.py")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    train = json.loads((tmp_path / "metrics.json").read_text())
+    assert result["test"]["acc"] == pytest.approx(train["eval/test/acc"])
+    assert np.load(tmp_path / "pred.npz")["test/cluster"].shape == (result["test"]["n"],)
+
+
+@requires_mnist_test
+def test_kmeans_on_real_mnist_test(tmp_path):
+    proc = run_cli(["dataset=mnist_test", "method.n_init=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    acc = json.loads((tmp_path / "metrics.json").read_text())["acc"]
+    assert 0.45 < acc < 0.65  # pixel k-means on MNIST: ~0.54
+
+
+def test_entry_points_are_thin():
+    assert "genclust.train" in (ROOT / "train.py").read_text()
