@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class ClusteringEvaluator(Callback):
         self.save_figures = save_figures
         self.samples_per_cluster = int(samples_per_cluster)
         self.history: list[dict[str, Any]] = []
+        self.started = time.perf_counter()  # time-to-accuracy is measured from the run's start
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self, module: ClusteringMethod, datamodule: ClusteringDataModule
@@ -109,7 +111,8 @@ class ClusteringEvaluator(Callback):
         if not isinstance(datamodule, ClusteringDataModule) or not isinstance(pl_module, ClusteringMethod):
             return
         metrics, _ = self.evaluate(pl_module, datamodule)
-        record = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        record = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                  "elapsed_s": round(time.perf_counter() - self.started, 2), **metrics}
         self.history.append(record)
         self._log(trainer.loggers, metrics, trainer.global_step)
         primary = next(iter(datamodule.eval_sets))
