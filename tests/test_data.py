@@ -11,7 +11,6 @@ from genclust.data import ClusteringDataModule
 from genclust.data.idx import read_idx
 from genclust.data.sources import FASHION_5_GROUPS, artifact_mnist, clustergan_gaussians, digits, udc_blobs
 from genclust.errors import DataError
-
 from tests.helpers import DATA_DIR, requires_fmnist, requires_mnist_test
 
 
