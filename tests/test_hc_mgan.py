@@ -1,0 +1,346 @@
+"""HC-MGAN: nets for every supported input shape, noise and tree arithmetic, a smoke tree on digits
+(mass invariants, clustering of new data, checkpoint round trip), resume after an interrupted split,
+and a run through train.py."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from genclust.data.datamodule import ClusteringDataModule
+from genclust.errors import ConfigError
+from genclust.methods.hc_mgan import HCMGAN
+from genclust.methods.hc_mgan.games import (
+    Critic,
+    RawSplitGame,
+    RefinementGame,
+    SplitMember,
+    build_generator,
+    instance_noise,
+    net_spec,
+)
+from genclust.methods.hc_mgan.tree import Tree
+from genclust.nets.blocks import count_parameters
+from genclust.train import run
+from tests.helpers import compose_cfg, options
+
+TINY = dict(g_channels=8, d_channels=[4, 8, 8], z_dim=8, mlp_hidden=16, batch_size=32, gen_batch_size=16)
+DIGITS = dict(name="digits", n_clusters=10, img_shape=[1, 8, 8], fit_on=["train"],
+              evaluate_on={"train": ["train"], "test": ["test"]},
+              source={"_target_": "genclust.data.sources.digits", "train_fraction": 0.8, "seed": 0})
+
+
+def make(k=3, img_shape=(1, 8, 8), **kw):
+    torch.manual_seed(0)
+    hp = {**TINY, "raw_epochs": 1, "refine_epochs": 1, "n_refinements": 1, **kw}
+    return HCMGAN(k, list(img_shape), **hp)
+
+
+def digits_dm(model):
+    dm = ClusteringDataModule(DIGITS, batch_size=model.batch_size, pixel_range=model.pixel_range)
+    dm.setup("fit")
+    return dm
+
+
+def trainer_factory(root, batches=2, calls=None, callbacks=()):
+    def make_trainer(**overrides):
+        if calls is not None:
+            calls.append(1)
+        return pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          default_root_dir=str(root), callbacks=list(callbacks), **overrides)
+    return make_trainer
+
+
+# ----------------------------------------------------------------------------------------- configs
+def test_method_defaults_are_the_papers():
+    m = instantiate(compose_cfg(["method=hc_mgan", "dataset=mnist_test"]).method, _convert_="all")
+    hp = m.hparams
+    assert (hp.batch_size, hp.gen_batch_size, hp.z_dim, hp.z_prior) == (100, 100, 100, "uniform01")  # Tables 2-3
+    assert (hp.lr_g, hp.lr_d, hp.lr_c, list(hp.betas), hp.lambda_cls) == (2e-4, 1e-4, 2e-5, [0.5, 0.999], 1.0)
+    assert (hp.raw_epochs, hp.refine_epochs, hp.noise_start, hp.n_refinements) == (120, 120, 1.0, 6)
+    assert (hp.g_channels, list(hp.d_channels), hp.refine_gens_per_group) == (128, [128, 256, 512], 1)
+    assert m.pixel_range == "tanh" and not hp.raw_lambda_squared and hp.refine_cls_reduction == "sum"
+
+
+@pytest.mark.parametrize("experiment", [e for e in options("experiment") if e.startswith("hc_mgan_")])
+def test_experiments_compose(experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    m = instantiate(cfg.method, _convert_="all")
+    assert isinstance(m, HCMGAN) and m.n_clusters == cfg.dataset.n_clusters == 10
+    assert cfg.callbacks.evaluator.every_n_epochs == 0  # a growing tree is scored per K at the end
+    if experiment in ("hc_mgan_mnist", "hc_mgan_fmnist"):  # paper settings (Table 3)
+        fm = experiment == "hc_mgan_fmnist"
+        assert (m.hparams.n_refinements, m.hparams.noise_start) == ((8, 1.5) if fm else (6, 1.0))
+        assert m.hparams.raw_epochs == m.hparams.refine_epochs == 120
+
+
+# -------------------------------------------------------------------------------------------- nets
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16), (1, 28, 28), (3, 32, 32), (2,)])
+def test_net_shapes_every_input_size(shape):
+    spec = net_spec(shape, 8, 8, [4, 8, 8], 16)
+    x = build_generator(spec)(torch.rand(5, 8))
+    assert tuple(x.shape) == (5, *shape)
+    if len(shape) == 3:
+        assert x.min() >= -1 and x.max() <= 1  # tanh
+    critic = Critic(spec)
+    assert critic.d_head(critic.trunk(x)).shape == (5, 1) and critic.c_head(critic.trunk(x)).shape == (5, 2)
+    assert SplitMember(spec)(x).shape == (5, 2)
+
+
+def test_paper_architecture_28x28():
+    spec = net_spec((1, 28, 28), 100, 128, [128, 256, 512], 256)
+    g = build_generator(spec)
+    # Table 2: FC 100 -> 7*7*128, deconv 128 -> 64 (4x4), deconv 64 -> 1 (4x4)
+    assert count_parameters(g) == (100 * 6272 + 6272) + (128 * 64 * 16 + 64) + (64 * 16 + 1)
+    critic = Critic(spec)
+    # three conv 5x5 (128, 256, 512) + LayerNorm over (C,H,W) on 14x14, 7x7, 4x4 maps; heads on 512*4*4
+    convs = (25 * 128 + 128) + (128 * 25 * 256 + 256) + (256 * 25 * 512 + 512)
+    norms = 2 * (128 * 14 * 14 + 256 * 7 * 7 + 512 * 4 * 4)
+    assert count_parameters(critic.trunk) == convs + norms
+    assert critic.d_head.in_features == 8192
+
+
+def test_rejects_bad_settings():
+    with pytest.raises(ConfigError):
+        make(img_shape=(1, 10, 10))
+    with pytest.raises(ConfigError):
+        make(z_prior="gaussian-ish")
+    with pytest.raises(ConfigError):
+        make(refine_cls_reduction="max")
+
+
+# ------------------------------------------------------------------------------ noise / arithmetic
+def test_instance_noise_is_multiplicative():
+    x = torch.tensor([[-1.0, 0.0, 0.5]]).repeat(4000, 1)
+    y = instance_noise(x, 1.5)
+    assert torch.equal(y[:, 1], x[:, 1])  # mid-grey (0) gets no noise
+    assert abs(float((y[:, 0] - x[:, 0]).std()) - 1.5) < 0.1 and abs(float((y[:, 2] - x[:, 2]).std()) - 0.75) < 0.06
+    assert torch.equal(instance_noise(x, 0.0), x)
+
+
+def test_noise_schedule_reaches_zero_in_the_last_epoch():
+    m = make(noise_start=1.5)
+
+    class FakeTrainer:
+        max_epochs = 4
+        current_epoch = 0
+
+    m._trainer = FakeTrainer()  # noqa: SLF001
+    scales = []
+    for e in range(4):
+        FakeTrainer.current_epoch = e
+        scales.append(m.noise_scale())
+    m._trainer = None
+    assert scales == pytest.approx([1.125, 0.75, 0.375, 0.0])  # s0 (1 - e/E), e = 1..E
+
+
+def test_leaf_probs_are_products_along_paths():
+    tree = Tree(net_spec((1, 8, 8), 8, 8, [4, 8, 8], 16))
+    tree.init_root(4)
+    s0 = tree.memberships[0]
+    p = torch.tensor([0.2, 0.5, 0.1, 0.0], dtype=torch.float64)
+    tree.commit_split(0, p * s0, s0 - p * s0, [SplitMember(tree.spec)], [], [], {})
+    assert tree.next_node() == 2  # node 2 carries 3.2 of the 4 examples' mass
+    q = torch.tensor([0.5, 0.1, 0.0, 0.3], dtype=torch.float64)
+    s2 = tree.memberships[2]
+    tree.commit_split(2, q * s2, s2 - q * s2, [SplitMember(tree.spec)], [], [], {})
+    assert tree.leaves() == [1, 3, 4] and tree.leaves(1) == [1, 2]
+    probs = tree.leaf_probs_from_split_probs(torch.stack([p, q], 1), 2)
+    expect = torch.stack([p, (1 - p) * q, (1 - p) * (1 - q)], 1)
+    assert torch.allclose(probs, expect) and torch.allclose(tree.leaf_memberships(), expect)
+    with pytest.raises(RuntimeError):  # mass must be conserved
+        tree.commit_split(1, s0, s0, [SplitMember(tree.spec)], [], [], {})
+
+
+class Recorder:
+    """Stands in for the LightningModule: records which parameters each player's loss reaches."""
+
+    def __init__(self, game):
+        self.game = game
+        self.opts = dict(zip(game.optimizer_names(), game.configure_optimizers()))
+        self.reached = {}
+
+    def update(self, name, loss):
+        names, params = zip(*[(n, p) for n, p in self.game.named_parameters()])
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        self.reached[name] = {n for n, g in zip(names, grads) if g is not None and bool(g.abs().sum() > 0)}
+        own = {id(p) for group in self.opts[name].param_groups for p in group["params"]}
+        for p, g in zip(params, grads):
+            p.grad = g if id(p) in own else None
+        self.opts[name].step()
+        self.game.zero_grad(set_to_none=True)
+
+    def log_dict(self, *args, **kwargs):
+        pass
+
+
+def test_raw_split_players_and_gradients():
+    m = make()
+    game = RawSplitGame(m.spec, m.game_hp)
+    rec = Recorder(game)
+    game.training_step(rec, torch.rand(32, 1, 8, 8) * 2 - 1, noise=0.5)
+    assert rec.opts.keys() == {"discriminator", "classifier", "generator"}
+    # D's loss trains the shared trunk and D's head; C's loss reaches only C's linear head (Table 2
+    # supplementary: only D's gradients update the shared convolutions).
+    assert any(n.startswith("critic.trunk.") for n in rec.reached["discriminator"])
+    assert not any(n.startswith("generators.") for n in rec.reached["discriminator"])
+    assert rec.reached["classifier"] == {"critic.c_head.weight", "critic.c_head.bias"}
+    g_reached = rec.reached["generator"]
+    assert any(n.startswith("generators.0.") for n in g_reached) and any(n.startswith("generators.1.") for n in g_reached)
+    assert not any(n.startswith("critic.trunk.") for n in g_reached)  # no weight-gradient work in the trunk
+
+
+def test_refinement_players_and_cross_terms():
+    m = make(refine_gens_per_group=2)
+    game = RefinementGame(m.spec, m.game_hp)
+    rec = Recorder(game)
+    real = torch.rand(32, 1, 8, 8) * 2 - 1
+    game.training_step(rec, real, real.flip(0), noise=0.0)
+    assert list(rec.opts) == [f"{p}_{g}" for g in "lm" for p in ("discriminator", "classifier", "generator")]
+    assert len(game.group_l.generators) == 2  # the code's variant
+    for own, ext in (("l", "m"), ("m", "l")):
+        assert rec.reached[f"classifier_{own}"] == {f"group_{own}.critic.c_head.weight", f"group_{own}.critic.c_head.bias"}
+        g_reached = rec.reached[f"generator_{own}"]
+        assert any(n.startswith(f"group_{own}.generators.") for n in g_reached)
+        assert not any(n.startswith(f"group_{ext}.generators.") for n in g_reached)
+        # Eq. 6: G_own is also scored by the other group's classifier
+        assert f"group_{ext}.critic.c_head.weight" in g_reached
+
+
+def test_warm_start_continues_the_previous_stage():
+    m = make(refine_gens_per_group=2, warm_start="refine")
+    raw = RawSplitGame(m.spec, m.game_hp)
+    ref = RefinementGame(m.spec, m.game_hp)
+    ref.warm_start("raw", raw.state_dict())
+    z, x = torch.rand(3, 8), torch.rand(3, 1, 8, 8)
+    assert torch.equal(ref.group_l.generators[1](z), raw.generators[0](z))  # G_alpha -> group l
+    assert torch.equal(ref.group_m.generators[0](z), raw.generators[1](z))  # G_beta -> group m
+    for group in (ref.group_l, ref.group_m):
+        assert torch.equal(group.critic.c_head(group.critic.trunk(x)), raw.critic.c_head(raw.critic.trunk(x)))
+    nxt = RefinementGame(m.spec, m.game_hp)
+    nxt.warm_start("refine", ref.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(nxt.state_dict().values(), ref.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------------- smoke tree
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hc_tree")
+    m = make(k=3, n_refinements=2, raw_epochs=2)
+    dm = digits_dm(m)
+    calls = []
+    m.fit_method(trainer_factory(root, calls=calls), dm)
+    return m, dm, root, calls
+
+
+def test_tree_grows_to_k_leaves_and_conserves_mass(grown):
+    m, dm, root, calls = grown
+    tree = m.tree
+    assert tree.n_leaves == 3 and tree.n_splits == 2 and len(calls) == 2 * 3  # raw + 2 refinements per split
+    assert tree.splits[1]["node"] == max((1, 2), key=lambda k: tree.nodes[k]["mass"])  # heaviest leaf next
+    for s in tree.splits:
+        parent = tree.memberships[s["node"]]
+        first, second = (tree.memberships[c] for c in s["children"])
+        assert (first >= 0).all() and (second >= 0).all()
+        assert torch.allclose(first + second, parent, atol=1e-12, rtol=0)
+    assert torch.allclose(tree.leaf_memberships().sum(1), torch.ones(tree.n_fit, dtype=torch.float64), atol=1e-12)
+    assert (root / "tree" / "tree.pt").is_file() and not (root / "tree" / "in_progress.pt").exists()
+    assert json.loads((root / "tree" / "nodes.json").read_text())["n_leaves"] == 3
+
+
+def test_clusters_new_data_and_reproduces_memberships(grown):
+    m, dm, _, _ = grown
+    test = dm.eval_sets["test"].x
+    probs = m.assign_in_batches(test)[0]
+    assert probs.shape == (len(test), 3) and torch.allclose(probs.sum(1), torch.ones(len(test)), atol=1e-5)
+    assert m.available_k() == [1, 2, 3]
+    for k in (1, 2, 3):
+        pk = m.probs_at_k(test, k)
+        assert pk.shape == (len(test), k) and torch.allclose(pk.sum(1), torch.ones(len(test)), atol=1e-5)
+    assert torch.allclose(m.probs_at_k(test, 3), probs, atol=1e-6)
+    # on the fit set the path products are the membership vectors
+    fit_probs = m.probs_at_k(dm.fit_set.x, 3).double()
+    assert torch.allclose(fit_probs, m.tree.leaf_memberships(), atol=1e-5)
+    imgs = m.sample(6, cluster=2)
+    assert imgs.shape == (6, 1, 8, 8) and imgs.abs().max() <= 1
+    assert m.sample(4).shape == (4, 1, 8, 8)
+
+
+def test_checkpoint_clusters_new_data(grown, tmp_path):
+    m, dm, _, _ = grown
+    path = tmp_path / "m.pt"
+    torch.save({"state_dict": m.state_dict()}, path)
+    fresh = make(k=3, n_refinements=2, raw_epochs=2)
+    fresh.load_state_dict(torch.load(path, weights_only=True)["state_dict"])  # strict; the tree rebuilds its nets
+    test = dm.eval_sets["test"].x
+    assert torch.allclose(fresh.assign_in_batches(test)[0], m.assign_in_batches(test)[0], atol=1e-6)
+    assert fresh.describe()["hc_mgan"]["n_splits"] == 2
+
+
+def test_figures(grown, tmp_path):
+    m, _, _, _ = grown
+    paths = m.save_figures(tmp_path)
+    assert {p.name for p in paths} == {"hc_mgan_tree.png", "hc_mgan_tree_generated.png", "hc_mgan_class_mass.json"}
+    masses = json.loads((tmp_path / "hc_mgan_class_mass.json").read_text())
+    assert sum(masses["nodes"]["0"]) == pytest.approx(m.tree.n_fit) and len(masses["splits"]) == 2
+
+
+def test_single_cluster_is_the_root():
+    m = make(k=1)
+    dm = digits_dm(m)
+    calls = []
+    m.fit_method(trainer_factory("unused-root", calls=calls), dm)
+    assert m.tree.n_leaves == 1 and len(calls) == 1  # one trainer made (the returned one), no fit
+    assert torch.equal(m.cluster_probs(dm.fit_set.x[:5]), torch.ones(5, 1)) and m.sample(3) is None
+
+
+# ----------------------------------------------------------------------------------------- resume
+class Interrupt(Exception):
+    pass
+
+
+class StopAtFit(pl.Callback):
+    """Raise when the n-th stage fit starts (a killed run)."""
+
+    def __init__(self, n):
+        self.n, self.seen = n, 0
+
+    def on_train_start(self, trainer, pl_module):
+        self.seen += 1
+        if self.seen == self.n:
+            raise Interrupt
+
+
+def test_resume_after_an_interrupted_split(tmp_path):
+    m = make(k=3, n_refinements=2, warm_start="refine")
+    dm = digits_dm(m)
+    # fits: split 1 = 1..3, split 2 = raw (4), refinement 1 (5), refinement 2 (6): killed at 6
+    with pytest.raises(Interrupt):
+        m.fit_method(trainer_factory(tmp_path, callbacks=[StopAtFit(6)]), dm)
+    assert (tmp_path / "tree" / "in_progress.pt").is_file()
+    saved = torch.load(tmp_path / "tree" / "tree.pt", weights_only=True)["tree"]
+    assert len(saved["_extra_state"]["splits"]) == 1
+    first_split = saved["_extra_state"]["memberships"]
+
+    again = make(k=3, n_refinements=2, warm_start="refine")  # refinement 2 starts from the saved refinement 1
+    calls = []
+    again.fit_method(trainer_factory(tmp_path, calls=calls), digits_dm(again))
+    assert again.tree.n_splits == 2 and len(calls) == 1  # only refinement 2 of split 2 was run again
+    assert again.tree.splits[1]["refinements"] == 2 and len(again.tree.splits[1]["seconds"]) == 3
+    assert torch.equal(again.tree.memberships[1], first_split[1])  # split 1 was not redone
+    assert not (tmp_path / "tree" / "in_progress.pt").exists()
+
+
+# -------------------------------------------------------------------------------------- train.py
+def test_train_py_smoke_on_digits(tmp_path):
+    cfg = compose_cfg(["method=hc_mgan", "dataset=digits", "trainer=smoke", "logger=none",
+                       "method.n_clusters=3", "method.n_refinements=1", "method.raw_epochs=2",
+                       "method.refine_epochs=2"], output_dir=tmp_path)
+    result = run(cfg)
+    assert [row["k"] for row in result["per_k"]] == [1, 2, 3]
+    assert result["method_info"]["hc_mgan"]["n_splits"] == 2
+    assert (tmp_path / "tree" / "tree.pt").is_file() and (tmp_path / "figures" / "hc_mgan_tree.png").is_file()
+    assert (tmp_path / "model.pt").is_file()
