@@ -35,7 +35,6 @@ Deviations from paper + official code are config options, named as such (see con
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
