@@ -288,11 +288,15 @@ class HCMGAN(ClusteringMethod):
                            f"{self.hparams.batch_size}; real batches follow the datamodule")
         first = make_trainer()
         pending = [first]
+        # Each stage sets its own length (raw_epochs / refine_epochs). A trainer that limits the batches
+        # per epoch (trainer=smoke, debugging) is asking for a quick run: its max_epochs then caps every
+        # stage, so `trainer=smoke` grows a whole (poor) tree in seconds instead of the configured schedule.
+        quick = isinstance(first.limit_train_batches, int) or first.fast_dev_run
+        cap = int(first.max_epochs) if quick and first.max_epochs and first.max_epochs > 0 else None
 
         def next_trainer(epochs: int) -> pl.Trainer:
-            # Each stage sets its own length (raw_epochs / refine_epochs); trainer.max_epochs is not used.
             trainer = pending.pop() if pending else make_trainer()
-            trainer.fit_loop.max_epochs = int(epochs)
+            trainer.fit_loop.max_epochs = int(epochs) if cap is None else min(int(epochs), cap)
             return trainer
 
         root = self.hparams.tree_dir or first.default_root_dir or os.getcwd()
