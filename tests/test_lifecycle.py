@@ -45,7 +45,7 @@ class EntropyProbe(ClusteringMethod):
 
 
 def probe_cfg(tmp_path, **method_kwargs):
-    cfg = compose_cfg(["trainer=cpu", "trainer.enable_progress_bar=false"], output_dir=tmp_path)
+    cfg = compose_cfg(["method=kmeans", "trainer=cpu", "trainer.enable_progress_bar=false"], output_dir=tmp_path)
     with open_dict(cfg):
         cfg.method = OmegaConf.create({"_target_": "tests.test_lifecycle.EntropyProbe", "n_clusters": 10,
                                        "img_shape": [1, 8, 8], **method_kwargs})

@@ -51,7 +51,7 @@ def test_missing_data_is_one_line(tmp_path):
 
 
 def test_multirun_seeds_and_summary(tmp_path):
-    proc = run_cli(["-m", "method=kmeans,gmm", "dataset=digits", "seed=0,1", "method.n_init=1",
+    proc = run_cli(["-m", "method=kmeans,gmm", "dataset=digits", "seed=0,1", "++method.n_init=1",
                     f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli([str(tmp_path / "sweep")], script="scripts/summarize.py")
@@ -62,13 +62,13 @@ def test_multirun_seeds_and_summary(tmp_path):
 
 def test_same_seed_same_assignments(tmp_path):
     for name in ("a", "b"):
-        assert run_cli(["seed=3", f"hydra.run.dir={tmp_path / name}"]).returncode == 0
+        assert run_cli(["trainer=smoke", "seed=3", f"hydra.run.dir={tmp_path / name}"]).returncode == 0
     a, b = (np.load(tmp_path / n / "assignments.npz")["train/cluster"] for n in ("a", "b"))
     np.testing.assert_array_equal(a, b)
 
 
 def test_predict_clusters_new_data(tmp_path):
-    assert run_cli([], tmp_path).returncode == 0
+    assert run_cli(["trainer=smoke"], tmp_path).returncode == 0
     proc = run_cli([str(tmp_path), "--out", str(tmp_path / "pred.npz")], script="predict.py")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -79,7 +79,7 @@ def test_predict_clusters_new_data(tmp_path):
 
 @requires_mnist_test
 def test_kmeans_on_real_mnist_test(tmp_path):
-    proc = run_cli(["dataset=mnist_test", "method.n_init=1"], tmp_path)
+    proc = run_cli(["method=kmeans", "dataset=mnist_test", "method.n_init=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     acc = json.loads((tmp_path / "metrics.json").read_text())["acc"]
     assert 0.45 < acc < 0.65  # pixel k-means on MNIST: ~0.54
