@@ -125,6 +125,10 @@ class ClusteringEvaluator(Callback):
         """Final evaluation: metrics.json, assignments.npz and figures in ``output_dir`` (rank zero)."""
         loggers = list(loggers)
         metrics, predictions = self.evaluate(module, datamodule)
+        for split, data in datamodule.eval_sets.items():  # e.g. ClusterGAN's k-means-on-latent beside argmax
+            for name, labels in module.extra_assignments(data.x, self.batch_size).items():
+                report = clustering_report(data.y.numpy(), labels.cpu().numpy())
+                metrics.update({f"eval/{split}/{name}/{k}": report[k] for k in ("acc", "nmi", "ari", "purity")})
         curve = self.per_k_curve(module, datamodule)
         primary = next(iter(datamodule.eval_sets))
         result: dict[str, Any] = {k: metrics[f"eval/{primary}/{k}"] for k in

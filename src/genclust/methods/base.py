@@ -175,6 +175,16 @@ class ClusteringMethod(pl.LightningModule):
             return torch.empty(0, self.n_clusters), torch.empty(0, dtype=torch.long)
         return torch.cat(probs), torch.cat(labels)
 
+    # ------------------------------------------------- alternative read-outs
+    @torch.no_grad()
+    def extra_assignments(self, x: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
+        """Hard labels [N] of other ways this model can cluster ``x`` (reported beside the default).
+
+        E.g. ClusterGAN's k-means on the encoder latent next to its argmax. Keys name the
+        read-out; the evaluator logs ``eval/<split>/<name>/<metric>``. Default: none.
+        """
+        return {}
+
     # ---------------------------------------------------- hierarchical methods
     def available_k(self) -> list[int]:
         """Numbers of clusters this model can also answer for (a tree's intermediate cuts)."""

@@ -487,6 +487,14 @@ class ClusterGAN(ClusteringMethod):
         return torch.softmax(logits, dim=1)
 
     @torch.no_grad()
+    def extra_assignments(self, x: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
+        """Under argmax, also the official read-out: k-means on [z_n, softmax(z_c)] (when fitted)."""
+        if self.clustering != "argmax" or int(self.kmeans_fitted_at) < 0:
+            return {}
+        h = self.latent_in_batches(x, batch_size)
+        return {"kmeans_latent": torch.cdist(h, self.kmeans_centers.float().cpu()).argmin(1)}
+
+    @torch.no_grad()
     def latent_in_batches(self, x: Tensor, batch_size: int = 1024) -> Tensor:
         was_training = self.training
         self.eval()
