@@ -8,6 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from genclust.data.datamodule import ClusteringDataModule
 from genclust.errors import ConfigError
@@ -24,7 +25,7 @@ from genclust.methods.hc_mgan.games import (
 from genclust.methods.hc_mgan.tree import Tree
 from genclust.nets.blocks import count_parameters
 from genclust.train import run
-from tests.helpers import compose_cfg, options
+from tests.helpers import compose_cfg, options, run_cli
 
 TINY = dict(g_channels=8, d_channels=[4, 8, 8], z_dim=8, mlp_hidden=16, batch_size=32, gen_batch_size=16)
 DIGITS = dict(name="digits", n_clusters=10, img_shape=[1, 8, 8], fit_on=["train"],
@@ -344,3 +345,11 @@ def test_train_py_smoke_on_digits(tmp_path):
     assert result["method_info"]["hc_mgan"]["n_splits"] == 2
     assert (tmp_path / "tree" / "tree.pt").is_file() and (tmp_path / "figures" / "hc_mgan_tree.png").is_file()
     assert (tmp_path / "model.pt").is_file()
+    # scripts/tree_report.py reads the (possibly still growing) tree of a run folder
+    (tmp_path / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    proc = run_cli([str(tmp_path)], script="scripts/tree_report.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert [s["split"] for s in report["splits"]] == [1, 2] and [r["k"] for r in report["per_k"]] == [1, 2, 3]
+    assert report["per_k"][-1]["test/acc"] == pytest.approx(result["per_k"][-1]["test/acc"], abs=1e-4)
