@@ -52,6 +52,16 @@ def test_corrupt_idx_is_a_clear_error(tmp_path, corrupt):
         read_idx(path)
 
 
+def test_damaged_gzip_payload_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.gz"
+    write_idx(path, np.arange(4096).reshape(64, 64) % 256)
+    raw = bytearray(path.read_bytes())
+    raw[20:40] = b"\xff" * 20  # valid gzip header, damaged deflate stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(path)
+
+
 def test_not_gzip_is_a_clear_error(tmp_path):
     path = tmp_path / "x.gz"
     path.write_bytes(b"this is no gzip stream")

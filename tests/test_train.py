@@ -35,10 +35,15 @@ def test_unknown_option_is_one_line(tmp_path, group):
         assert known in lines[0]
 
 
-def test_impossible_k_is_one_line(tmp_path):
-    proc = run_cli(["method.n_clusters=0"], tmp_path)
-    assert proc.returncode != 0
-    assert "n_clusters must be >= 1" in proc.stderr
+@pytest.mark.parametrize("override", ["method.n_clusters=0", "dataset.n_clusters=0"])
+def test_impossible_k_is_one_line(tmp_path, override):
+    proc = run_cli([override, "method=kmeans"], tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "n_clusters must be >= 1" in lines[0], proc.stderr[-2000:]
+
+
+def test_k_larger_than_the_data_is_one_line(tmp_path):
     proc = run_cli(["method.n_clusters=5000"], tmp_path)
     assert proc.returncode == 2 and "exceeds" in proc.stderr
 
@@ -58,6 +63,20 @@ def test_multirun_seeds_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| kmeans | digits | 2 |" in proc.stdout and "| gmm | digits | 2 |" in proc.stdout
     assert (tmp_path / "sweep" / "summary.csv").is_file()
+
+
+def test_a_failed_job_does_not_end_the_multirun(tmp_path):
+    proc = run_cli(["-m", "method=kmeans", "dataset=digits", "method.n_clusters=0,3", "++method.n_init=1",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "n_clusters must be >= 1" in proc.stderr
+    assert not (tmp_path / "sweep" / "0" / "metrics.json").exists()
+    assert (tmp_path / "sweep" / "1" / "metrics.json").is_file()
+
+
+def test_label_metrics_cannot_be_optimized(tmp_path):
+    proc = run_cli(["method=kmeans", "optimized_metric=eval/test/acc"], tmp_path)
+    assert proc.returncode == 2 and "labels are for evaluation only" in proc.stderr
 
 
 def test_same_seed_same_assignments(tmp_path):

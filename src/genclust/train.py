@@ -20,13 +20,15 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genclust.errors import DivergenceError, GenclustError
+from genclust.errors import ConfigError, DivergenceError, GenclustError
 
 log = logging.getLogger("genclust")
 
 CONFIG_DIR = Path(os.environ.get("GENCLUST_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 # groups whose option names are checked before Hydra runs (one clear line instead of a traceback)
 CHECKED_GROUPS = ("method", "dataset", "trainer", "logger", "experiment", "callbacks")
+# metric names that need labels: never a sweeper's objective (no label-based model selection)
+LABEL_METRICS = ("acc", "nmi", "ari", "purity", "mean_class_acc", "acc_labeled")
 
 
 def known_options(group: str) -> list[str]:
@@ -118,6 +120,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer is not None:
         extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step)
     step = trainer.global_step if trainer is not None else 0
+    if trainer is not None:
+        # Lightning's teardown moved the model to the CPU; evaluate (and gather, NCCL included) on the
+        # device it trained on.
+        method.to(trainer.strategy.root_device)
     result = evaluator.final(method, datamodule, loggers=loggers, extra=extra, step=step)
     if trainer is None or trainer.is_global_zero:
         torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
@@ -136,14 +142,52 @@ def _close_loggers() -> None:
             wandb.finish()
 
 
+def _user_error(err: BaseException | None) -> GenclustError | None:
+    """The GenclustError behind ``err``: Hydra's ``instantiate`` wraps what a constructor raises."""
+    while err is not None:
+        if isinstance(err, GenclustError):
+            return err
+        err = err.__cause__
+    return None
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse configurations that would silently misbehave (one clear line each)."""
+    metric = cfg.get("optimized_metric")
+    if metric and any(part in LABEL_METRICS for part in str(metric).split("/")):
+        raise ConfigError(f"optimized_metric={metric!r} is computed from labels: selecting models on it "
+                          "breaks the unsupervised protocol (labels are for evaluation only)")
+    if _is_multirun():
+        devices = cfg.trainer.get("devices", 1)
+        strategy = str(cfg.trainer.get("strategy", "auto"))
+        if "ddp" in strategy or (isinstance(devices, int) and devices > 1) or devices in ("auto", -1):
+            # Lightning's subprocess launcher re-runs sys.argv (with -m) in every child rank:
+            # each rank would run the whole sweep.
+            raise ConfigError("multirun jobs are single-device: use trainer=cpu|gpu with -m, "
+                              "or run DDP jobs one at a time")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
+        check_config(cfg)
         result = run(cfg)
-    except GenclustError as err:
-        print(f"genclust: error: {err}", file=sys.stderr)
-        _close_loggers()
-        sys.exit(2 if not isinstance(err, DivergenceError) else 3)
+    except Exception as err:  # noqa: BLE001 - user errors become one line, the rest propagates
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"genclust: error: {user_error}", file=sys.stderr)
+        if _is_multirun():  # one failed job must not end the sweep: report it and go on
+            log.error("job failed: %s", user_error)
+            return None
+        sys.exit(3 if isinstance(user_error, DivergenceError) else 2)
     finally:
         _close_loggers()
     metric = cfg.get("optimized_metric")

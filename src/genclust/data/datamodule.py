@@ -195,6 +195,7 @@ class ClusteringDataModule(pl.LightningDataModule):
                             for split, data in self.eval_sets.items()},
             "pixel_range": self.pixel_range if self.kind == "image" else "raw",
             "labels_used_for_training": False,
+            "model_selection": "the last training step; no label-based selection",
             "source": {k: v for k, v in self.config["source"].items() if k not in ("data_dir",)},
         }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def read_idx(path: str | Path) -> np.ndarray:
                 raw = fh.read()
         else:
             raw = path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}. Fix: delete it and download it again") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise DataError(f"corrupt IDX file {path}: bad magic number {raw[:4].hex()}. "

@@ -53,7 +53,8 @@ def predict_set(module: ClusteringMethod, data: TensorSet, batch_size: int = 102
     if len(positions) < per_rank:  # pad with a repeat, like DistributedSampler(drop_last=False)
         positions = torch.cat([positions, positions[: per_rank - len(positions)]])
     probs, labels = module.assign_in_batches(data.x[positions], batch_size)
-    device = module.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    # NCCL gathers CUDA tensors only (the module may sit on the CPU after Lightning's teardown)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     gathered = {}
     for name, t in (("idx", data.idx[positions]), ("probs", probs), ("labels", labels)):
         t = t.to(device).contiguous()

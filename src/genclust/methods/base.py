@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from genclust.errors import DivergenceError
+from genclust.errors import ConfigError, DivergenceError
 
 PIXEL_RANGES = ("unit", "tanh")  # unit: [0, 1] (sigmoid generators); tanh: [-1, 1]
 
@@ -46,11 +46,11 @@ class ClusteringMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         if int(n_clusters) < 1:
-            raise ValueError(f"n_clusters must be >= 1, got {n_clusters}")
+            raise ConfigError(f"n_clusters must be >= 1, got {n_clusters}")
         if pixel_range not in PIXEL_RANGES:
-            raise ValueError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
+            raise ConfigError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.automatic_optimization = False
         self.n_clusters = int(n_clusters)
         self.img_shape = tuple(int(s) for s in img_shape)
