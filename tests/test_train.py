@@ -61,7 +61,8 @@ def test_multirun_seeds_and_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cli([str(tmp_path / "sweep")], script="scripts/summarize.py")
     assert proc.returncode == 0, proc.stderr
-    assert "| kmeans | digits | 2 |" in proc.stdout and "| gmm | digits | 2 |" in proc.stdout
+    assert "| kmeans | digits | ++method.n_init=1 | 2 |" in proc.stdout
+    assert "| gmm | digits | ++method.n_init=1 | 2 |" in proc.stdout
     assert (tmp_path / "sweep" / "summary.csv").is_file()
 
 
