@@ -45,11 +45,11 @@ def digits_dm(model):
     return dm
 
 
-def trainer_factory(root, batches=2, calls=None, callbacks=()):
+def trainer_factory(root, batches=2, calls=None, callbacks=(), max_epochs=1):
     def make_trainer(**overrides):
         if calls is not None:
             calls.append(1)
-        return pl.Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=batches, logger=False,
+        return pl.Trainer(accelerator="cpu", max_epochs=max_epochs, limit_train_batches=batches, logger=False,
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                           default_root_dir=str(root), callbacks=list(callbacks), **overrides)
     return make_trainer
@@ -353,3 +353,35 @@ def test_train_py_smoke_on_digits(tmp_path):
     report = json.loads(proc.stdout)
     assert [s["split"] for s in report["splits"]] == [1, 2] and [r["k"] for r in report["per_k"]] == [1, 2, 3]
     assert report["per_k"][-1]["test/acc"] == pytest.approx(result["per_k"][-1]["test/acc"], abs=1e-4)
+
+
+# ------------------------------------------------------------------------------ collapse restarts
+class CountEpochs(pl.Callback):
+    def __init__(self):
+        self.epochs_per_fit = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.epochs_per_fit.append(0)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.epochs_per_fit[-1] += 1
+
+
+def test_collapse_restarts_and_the_last_attempt_runs_its_whole_schedule(tmp_path):
+    # every check "sees" a collapse: attempts 1..2 stop at the first check, the kept last one trains on
+    m = make(k=2, n_refinements=0, raw_epochs=3, collapse_check_from=1, collapse_check_every=1,
+             collapse_threshold=1e9, max_attempts=3)
+    counter = CountEpochs()
+    m.fit_method(trainer_factory(tmp_path, callbacks=[counter], max_epochs=3), digits_dm(m))
+    assert counter.epochs_per_fit == [1, 1, 3]
+    assert m.tree.splits[0]["attempts"] == [3]
+
+
+def test_a_massless_child_skips_the_refinements(tmp_path, monkeypatch):
+    m = make(k=2, n_refinements=2)
+    monkeypatch.setattr(HCMGAN, "_first_child_prob", lambda self, members, device: torch.ones(len(self._fit_x),
+                                                                                             dtype=torch.float64))
+    calls = []
+    with pytest.warns(UserWarning, match="skipping the remaining refinements"):
+        m.fit_method(trainer_factory(tmp_path, calls=calls), digits_dm(m))
+    assert len(calls) == 1 and m.tree.n_leaves == 2  # the raw split only

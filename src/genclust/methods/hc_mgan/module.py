@@ -75,7 +75,7 @@ class HCMGAN(ClusteringMethod):
         noise_start: float = 1.0,
         min_raw_iters: int = 0,
         min_refine_iters: int = 0,
-        refine_stop_change: float = 150 / 70000,
+        refine_stop_change: float = 0.0,
         refine_stop_after: int = 2,
         collapse_check_from: int = 40,
         collapse_check_every: int = 10,
@@ -112,6 +112,7 @@ class HCMGAN(ClusteringMethod):
         self._real_cdf: dict[str, Tensor] = {}
         self._fit_x_dev: Tensor | None = None
         self._collapsed = False
+        self._last_attempt = False
         self._collapse_log: list[float] = []
         self._tree_dir: Path | None = None
         self._progress = ""
@@ -262,9 +263,11 @@ class HCMGAN(ClusteringMethod):
             self._collapse_log = scores
             if min(scores) < hp.collapse_threshold:
                 rank_zero_warn(f"HC-MGAN {self._progress}: generator collapse at epoch {epoch} "
-                               f"(D's fake BCE per generator {[round(s, 4) for s in scores]} < {hp.collapse_threshold})")
+                               f"(D's fake BCE per generator {[round(s, 4) for s in scores]} < {hp.collapse_threshold})"
+                               + ("; last attempt: training on to the end of the schedule" if self._last_attempt else ""))
                 self._collapsed = True
-                self.trainer.should_stop = True
+                # The last attempt is kept: it must finish its schedule (the noise reaches 0 only in the last epoch).
+                self.trainer.should_stop = not self._last_attempt
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The current stage's game is transient (a run resumes per stage from <root>/tree/):
@@ -380,6 +383,13 @@ class HCMGAN(ClusteringMethod):
                     state["done"] = True
             if t >= hp.n_refinements:
                 state["done"] = True
+            elif min(float(s_l.sum()), float(s_m.sum())) < 1.0:
+                # A child with less than one example's mass: the refinement's real stream for it would be
+                # empty. Keep the split as it is (the next split takes the heaviest leaf anyway).
+                rank_zero_warn(f"HC-MGAN {self._progress}: a child holds < 1 example's mass "
+                               f"({float(s_l.sum()):.2f} / {float(s_m.sum()):.2f}); skipping the remaining refinements")
+                state["early_stopped"] = True
+                state["done"] = True
             self.game = None
             self._save_in_progress(state)
             rank_zero_info(f"HC-MGAN {self._progress} done in {state['seconds'][-1]} s: masses "
@@ -410,6 +420,7 @@ class HCMGAN(ClusteringMethod):
             stage_epochs = max(epochs, math.ceil(floor / datamodule.batches_per_epoch())) if floor > 0 else epochs
             trainer = next_trainer(stage_epochs)
             self._collapsed = False
+            self._last_attempt = attempt == int(hp.max_attempts)
             trainer.fit(self, datamodule=datamodule)
             if not self._collapsed:
                 break
