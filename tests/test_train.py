@@ -13,7 +13,8 @@ def test_default_run_writes_run_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ACC" in proc.stdout and "NMI" in proc.stdout and "ARI" in proc.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("acc", "nmi", "ari", "eval/train/acc", "eval/test/acc", "seed", "protocol", "metric_definitions"):
+    for key in ("acc", "nmi", "ari", "eval/train/acc", "eval/test/acc", "eval/train/modes/acc", "seed", "protocol",
+                "metric_definitions"):
         assert key in metrics
     assert metrics["protocol"]["fit_on"] == ["train"]
     assert 0.0 <= metrics["acc"] <= 1.0
