@@ -232,3 +232,38 @@ def test_synthetic_smoke_fit(tmp_path):
     result = run(cfg)
     assert result["method_info"]["arch"] == "mlp" and result["method_info"]["generator_steps"] == 2
     assert not (tmp_path / "figures" / "clustergan_modes.png").exists()
+
+
+def test_weight_average_follows_training_and_serves_inference(tmp_path):
+    cfg = composed(["dataset=digits", "trainer=smoke", "trainer.limit_train_batches=6",
+                    "callbacks.evaluator.every_n_epochs=0", "method.n_critic=1", "method.ema_decay=0.9",
+                    *[f"method.{k}={json.dumps(v)}" for k, v in TINY.items()]], tmp_path)
+    result = run(cfg)
+    assert result["method_info"]["paper_deviations"]["ema_decay"] == 0.9
+    state = torch.load(tmp_path / "model.pt", weights_only=False)["state_dict"]
+    m = instantiate(cfg.method, _convert_="all")
+    m.load_state_dict(state)  # the averages are part of the saved model (and of checkpoints: resume)
+    m.eval()
+    raw, avg = m.encoder.head.weight, m.encoder_ema.head.weight
+    assert not avg.requires_grad and not torch.equal(raw, avg)  # a lagging average, not a copy
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = torch.softmax(m._e(x, m.encoder_ema)[:, m.latent_dim:], dim=1)
+        assert torch.allclose(m.cluster_probs(x), expected)  # clustering reads the averaged encoder
+        m.generator_ema.eval()
+        z, _, _ = m.sample_z(3, cluster=1)
+        assert torch.allclose(m.generate(z), m._g(z, m.generator_ema))
+
+
+def test_weight_average_update_is_an_ema_with_warmup():
+    m = make(k=4, ema_decay=0.99)
+    before = [p.clone() for p in m.encoder_ema.parameters()]
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(1.0)
+    m.gen_steps.fill_(0)  # warm-up: decay = min(0.99, 1/10) -> the average moves 90% of the way
+    m._update_ema()
+    for b, a in zip(before, m.encoder_ema.parameters()):
+        assert torch.allclose(a, b + 0.9, atol=1e-6)
+    with pytest.raises(ConfigError):
+        make(k=4, ema_decay=1.0)

@@ -34,6 +34,7 @@ Deviations from paper + official code are config options, named as such (see con
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -53,7 +54,7 @@ CLUSTERING_MODES = ("argmax", "kmeans_latent")
 # Paper + official-code values of the knobs a budget or port variant changes (describe() lists deviations).
 PAPER_SETTINGS = {"sigma": 0.10, "n_critic": 5, "lr": 1e-4, "lr_critic": None, "betas": [0.5, 0.9], "batch_size": 64,
                   "gp_weight": 10.0, "gp_every": 1, "gp_per_sample_alpha": False, "weight_decay": 0.0,
-                  "precision": "32", "zn_unit_scale": False}
+                  "precision": "32", "zn_unit_scale": False, "ema_decay": 0.0}
 INFERENCE_MODES = ("encoder", "backprop")
 
 
@@ -180,6 +181,14 @@ class MLPNet(nn.Module):
         return self.out_act(self.head(self.body(x.flatten(1))))
 
 
+def _frozen_copy(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` that no optimizer owns (weight average for inference)."""
+    twin = copy.deepcopy(net)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
 def _glorot_last(layer: nn.Linear) -> None:
     """TF's default initialiser (Glorot uniform, zero bias) for the un-initialised last FC of D and E."""
     nn.init.xavier_uniform_(layer.weight)
@@ -248,6 +257,7 @@ class ClusterGAN(ClusteringMethod):
         precision: str = "32",
         channels_last: bool = False,
         fused_adam: bool = True,
+        ema_decay: float = 0.0,
         divergence_check_every: int = 50,
     ) -> None:
         super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every)
@@ -260,6 +270,8 @@ class ClusterGAN(ClusteringMethod):
             raise ConfigError("inference=encoder needs use_encoder=true (use inference=backprop without encoder)")
         if int(n_critic) < 1 or int(gp_every) < 1:
             raise ConfigError(f"n_critic and gp_every must be >= 1, got {n_critic}, {gp_every}")
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
         if precision not in ("32", "bf16"):
             raise ConfigError(f"precision must be '32' or 'bf16', got {precision!r}")
         if init_last not in ("glorot", "normal"):
@@ -321,6 +333,11 @@ class ClusterGAN(ClusteringMethod):
         e_out[: self.latent_dim] = self.sigma
         self.register_buffer("_g_in_scale", g_in, persistent=False)
         self.register_buffer("_e_out_scale", e_out, persistent=False)
+        # Weight averaging (EMA) of G and E for inference: clustering, samples, Algorithm 1. Training
+        # uses the raw weights; the averaged copies only follow them (see configs/method/clustergan.yaml).
+        self.ema_decay = float(ema_decay)
+        self.generator_ema = _frozen_copy(self.generator) if self.ema_decay > 0 else None
+        self.encoder_ema = _frozen_copy(self.encoder) if self.ema_decay > 0 and self.encoder else None
         self._critic_has_bn = any(isinstance(m, BatchNormNoScale) for m in self.critic.modules())
         self.register_buffer("gen_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
@@ -345,14 +362,37 @@ class ClusterGAN(ClusteringMethod):
         z_c = F.one_hot(k, self.n_clusters).to(z_n.dtype)
         return torch.cat([z_n, z_c], dim=1), z_n, k
 
-    def _g(self, z: Tensor) -> Tensor:
-        """G(z) (z = [z_n, z_c] in the prior's units)."""
-        return self.generator(z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z)
+    def _g(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
+        """G(z) (z = [z_n, z_c] in the prior's units); ``net`` = the averaged copy at inference."""
+        net = self.generator if net is None else net
+        return net(z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z)
 
-    def _e(self, x: Tensor) -> Tensor:
+    def _e(self, x: Tensor, net: nn.Module | None = None) -> Tensor:
         """E(x) = [z_n_hat, z_c logits] (z_n_hat in the prior's units)."""
-        out = self.encoder(x)
+        out = (self.encoder if net is None else net)(x)
         return out * self._e_out_scale.to(out.dtype) if self.zn_unit_scale else out
+
+    @property
+    def g_infer(self) -> nn.Module:
+        """The generator used outside training: its weight average when ``ema_decay`` > 0."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    @property
+    def e_infer(self) -> nn.Module | None:
+        return self.encoder_ema if self.encoder_ema is not None else self.encoder
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * w after each G/E step; d warms up as min(decay, (1 + t) / (10 + t))
+        so the average does not remember the initialisation (TF ExponentialMovingAverage num_updates)."""
+        t = float(self.gen_steps)
+        decay = min(self.ema_decay, (1.0 + t) / (10.0 + t))
+        for ema, net in ((self.generator_ema, self.generator), (self.encoder_ema, self.encoder)):
+            if ema is None or net is None:
+                continue
+            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
+            for b_ema, b in zip(ema.buffers(), net.buffers()):
+                b_ema.copy_(b)  # BN running statistics: the current ones (they already are averages)
 
     def _image(self, flat_or_img: Tensor) -> Tensor:
         return flat_or_img if self.arch == "conv" else flat_or_img.reshape(len(flat_or_img), *self.img_shape)
@@ -445,6 +485,8 @@ class ClusterGAN(ClusteringMethod):
             loss_g, logs_g = self.generator_loss(real.shape[0])
             self.update("generator", loss_g)
             self.gen_steps += 1
+            if self.ema_decay > 0:
+                self._update_ema()
             logs.update(logs_g)
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=real.shape[0])
 
@@ -465,7 +507,7 @@ class ClusterGAN(ClusteringMethod):
             z_n, losses = self.decode_latent(x)
             return z_n, -losses / float(self.hparams.bp_temperature)
         with self._autocast():
-            enc = self._e(self._prep(x)).float()
+            enc = self._e(self._prep(x), self.e_infer).float()
         return enc[:, : self.latent_dim], enc[:, self.latent_dim:]
 
     def latent(self, x: Tensor) -> Tensor:
@@ -563,53 +605,56 @@ class ClusterGAN(ClusteringMethod):
             z_c = F.one_hot(torch.arange(k, device=x.device).repeat(n), k).float()
             z_n = (self.sigma * torch.randn(n * k, self.latent_dim, device=x.device)).requires_grad_(True)
             opt = torch.optim.Adam([z_n], lr=float(hp.bp_lr), betas=(0.9, 0.999))
-            frozen = [p.requires_grad for p in self.generator.parameters()]
-            for p in self.generator.parameters():
+            gen = self.g_infer
+            frozen = [p.requires_grad for p in gen.parameters()]
+            for p in gen.parameters():
                 p.requires_grad_(False)
-            was_training = self.generator.training
-            self.generator.eval()
+            was_training = gen.training
+            gen.eval()
             try:
                 for _ in range(int(hp.bp_iters)):
                     opt.zero_grad(set_to_none=True)
-                    loss = self._bp_loss(z_n, z_c, target)
+                    loss = self._bp_loss(z_n, z_c, target, gen)
                     loss.sum().backward()  # per-latent losses are independent: the sum's grad is each one's
                     opt.step()
                     with torch.no_grad():
                         z_n.clamp_(-clip, clip)
                 with torch.no_grad():
-                    final = self._bp_loss(z_n, z_c, target)
+                    final = self._bp_loss(z_n, z_c, target, gen)
             finally:
-                self.generator.train(was_training)
-                for p, f in zip(self.generator.parameters(), frozen):
+                gen.train(was_training)
+                for p, f in zip(gen.parameters(), frozen):
                     p.requires_grad_(f)
         return z_n.detach().reshape(n, k, -1), final.reshape(n, k)
 
-    def _bp_loss(self, z_n: Tensor, z_c: Tensor, target: Tensor) -> Tensor:
+    def _bp_loss(self, z_n: Tensor, z_c: Tensor, target: Tensor, gen: nn.Module) -> Tensor:
         with self._autocast():
-            g = self._g(torch.cat([z_n, z_c], dim=1)).float().flatten(1)
+            g = self._g(torch.cat([z_n, z_c], dim=1), gen).float().flatten(1)
         return (g - target).abs().mean(1) + float(self.hparams.bp_lambda) * z_n.pow(2).mean(1)
 
     # ------------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, n: int, cluster: int | None = None) -> Tensor:
         """``n`` samples of mode ``cluster`` (or of uniformly drawn modes); generator in eval mode."""
-        was_training = self.generator.training
-        self.generator.eval()
+        gen = self.g_infer
+        was_training = gen.training
+        gen.eval()
         try:
             z, _, _ = self.sample_z(n, cluster)
-            out = self._g(z).float()
+            out = self._g(z, gen).float()
         finally:
-            self.generator.train(was_training)
+            gen.train(was_training)
         return self._image(out)
 
     @torch.no_grad()
     def generate(self, z: Tensor) -> Tensor:
-        was_training = self.generator.training
-        self.generator.eval()
+        gen = self.g_infer
+        was_training = gen.training
+        gen.eval()
         try:
-            out = self._g(z.to(self.device)).float()
+            out = self._g(z.to(self.device), gen).float()
         finally:
-            self.generator.train(was_training)
+            gen.train(was_training)
         return self._image(out)
 
     def mode_grid_latents(self, per_mode: int, seed: int = 0) -> Tensor:
