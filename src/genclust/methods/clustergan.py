@@ -382,10 +382,10 @@ class ClusterGAN(ClusteringMethod):
         return self.encoder_ema if self.encoder_ema is not None else self.encoder
 
     @torch.no_grad()
-    def _update_ema(self) -> None:
-        """ema <- d * ema + (1 - d) * w after each G/E step; d warms up as min(decay, (1 + t) / (10 + t))
-        so the average does not remember the initialisation (TF ExponentialMovingAverage num_updates)."""
-        t = float(self.gen_steps)
+    def _update_ema(self, t: int) -> None:
+        """ema <- d * ema + (1 - d) * w after G/E step ``t``; d warms up as min(decay, (1 + t) / (10 + t))
+        so the average does not remember the initialisation (TF ExponentialMovingAverage num_updates).
+        ``t`` comes from the Python step counter: reading the ``gen_steps`` buffer would sync the device."""
         decay = min(self.ema_decay, (1.0 + t) / (10.0 + t))
         for ema, net in ((self.generator_ema, self.generator), (self.encoder_ema, self.encoder)):
             if ema is None or net is None:
@@ -486,7 +486,7 @@ class ClusterGAN(ClusteringMethod):
             self.update("generator", loss_g)
             self.gen_steps += 1
             if self.ema_decay > 0:
-                self._update_ema()
+                self._update_ema(self._critic_calls // self.n_critic)
             logs.update(logs_g)
         self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=real.shape[0])
 
@@ -636,15 +636,7 @@ class ClusterGAN(ClusteringMethod):
     @torch.no_grad()
     def sample(self, n: int, cluster: int | None = None) -> Tensor:
         """``n`` samples of mode ``cluster`` (or of uniformly drawn modes); generator in eval mode."""
-        gen = self.g_infer
-        was_training = gen.training
-        gen.eval()
-        try:
-            z, _, _ = self.sample_z(n, cluster)
-            out = self._g(z, gen).float()
-        finally:
-            gen.train(was_training)
-        return self._image(out)
+        return self.generate(self.sample_z(n, cluster)[0])
 
     @torch.no_grad()
     def generate(self, z: Tensor) -> Tensor:
