@@ -122,6 +122,16 @@ def test_instance_noise_is_multiplicative():
     assert torch.equal(instance_noise(x, 0.0), x)
 
 
+def test_additive_instance_noise_is_the_same_everywhere():
+    x = torch.tensor([[-1.0, 0.0, 0.5]]).repeat(4000, 1)
+    noise = instance_noise(x, 1.5, "additive") - x
+    assert all(abs(float(noise[:, j].std()) - 1.5) < 0.1 for j in range(3))
+    assert torch.equal(instance_noise(x, 0.0, "additive"), x)
+    assert make(noise_kind="additive").game_hp["noise_kind"] == "additive"
+    with pytest.raises(ConfigError, match="noise_kind"):
+        make(noise_kind="salt")
+
+
 def test_noise_schedule_reaches_zero_in_the_last_epoch():
     m = make(noise_start=1.5)
 

@@ -140,10 +140,20 @@ def sample_z(n: int, dim: int, prior: str, device: torch.device) -> Tensor:
     raise ConfigError(f"hc_mgan: unknown z_prior {prior!r} (uniform01 | uniform11 | normal)")
 
 
-def instance_noise(x: Tensor, scale: float) -> Tensor:
-    """Multiplicative Gaussian instance noise x + x * eps * s (code ``tree/raw_split.py`` L291-295)."""
+NOISE_KINDS = ("multiplicative", "additive")
+
+
+def instance_noise(x: Tensor, scale: float, kind: str = "multiplicative") -> Tensor:
+    """Gaussian instance noise with std multiplier ``scale``.
+
+    multiplicative: x + x * eps * s (the authors' code, ``tree/raw_split.py`` L291-295): pixels at 0
+    (mid-grey in [-1, 1]) get none. additive: x + eps * s (the usual instance noise of the papers the
+    supplementary cites, Sønderby et al. 2016; Jenni and Favaro 2019).
+    """
     if scale <= 0.0:
         return x
+    if kind == "additive":
+        return x + torch.randn_like(x) * scale
     return x + x * torch.randn_like(x) * scale
 
 
@@ -214,8 +224,9 @@ class RawSplitGame(nn.Module):
         hp, dev = self.hp, x_real.device
         n_gen = hp["gen_batch_size"]
         z = sample_z(n_gen, self.spec["z_dim"], hp["z_prior"], dev)
-        fake = instance_noise(self.generate(z), noise)  # the generator gradient flows through the noise
-        real = instance_noise(x_real, noise)
+        kind = self.hp["noise_kind"]
+        fake = instance_noise(self.generate(z), noise, kind)  # the generator gradient flows through the noise
+        real = instance_noise(x_real, noise, kind)
         labels = labels_for(n_gen, n_gen, LABEL_L, LABEL_M, dev)
         critic = self.critic
 
@@ -246,7 +257,8 @@ class RawSplitGame(nn.Module):
     def collapse_scores(self, noise: float, device: torch.device) -> list[float]:
         """D's BCE (fake label) on each generator's samples; ~0 means D spots every fake: a collapse."""
         z = sample_z(self.hp["gen_batch_size"], self.spec["z_dim"], self.hp["z_prior"], device)
-        return [float(bce(self.critic.d_head(self.critic.trunk(instance_noise(g(z), noise))), 0.0))
+        kind = self.hp["noise_kind"]
+        return [float(bce(self.critic.d_head(self.critic.trunk(instance_noise(g(z), noise, kind))), 0.0))
                 for g in self.generators]
 
     def split_members(self) -> list[SplitMember]:
@@ -320,9 +332,10 @@ class RefinementGame(nn.Module):
     def training_step(self, method: HCMGAN, real_l: Tensor, real_m: Tensor, noise: float) -> None:
         hp, dev = self.hp, real_l.device
         z = sample_z(hp["gen_batch_size"], self.spec["z_dim"], hp["z_prior"], dev)
-        fakes = {"l": instance_noise(self.group_l.generate(z), noise),
-                 "m": instance_noise(self.group_m.generate(z), noise)}
-        reals = {"l": instance_noise(real_l, noise), "m": instance_noise(real_m, noise)}
+        kind = self.hp["noise_kind"]
+        fakes = {"l": instance_noise(self.group_l.generate(z), noise, kind),
+                 "m": instance_noise(self.group_m.generate(z), noise, kind)}
+        reals = {"l": instance_noise(real_l, noise, kind), "m": instance_noise(real_m, noise, kind)}
         groups = {"l": self.group_l, "m": self.group_m}
         label = {"l": LABEL_L, "m": LABEL_M}
         lam = hp["lambda_cls"]
@@ -364,7 +377,8 @@ class RefinementGame(nn.Module):
         out = []
         for group in (self.group_l, self.group_m):
             for g in group.generators:
-                out.append(float(bce(group.critic.d_head(group.critic.trunk(instance_noise(g(z), noise))), 0.0)))
+                noisy = instance_noise(g(z), noise, self.hp["noise_kind"])
+                out.append(float(bce(group.critic.d_head(group.critic.trunk(noisy)), 0.0)))
         return out
 
     def split_members(self) -> list[SplitMember]:

@@ -28,6 +28,7 @@ from torch import Tensor
 from genclust.errors import ConfigError
 from genclust.methods.base import ClusteringMethod
 from genclust.methods.hc_mgan.games import (
+    NOISE_KINDS,
     RawSplitGame,
     RefinementGame,
     SplitMember,
@@ -73,6 +74,7 @@ class HCMGAN(ClusteringMethod):
         refine_cls_reduction: str = "sum",
         warm_start: str = "none",
         noise_start: float = 1.0,
+        noise_kind: str = "multiplicative",
         min_raw_iters: int = 0,
         min_refine_iters: int = 0,
         refine_stop_change: float = 0.0,
@@ -88,6 +90,8 @@ class HCMGAN(ClusteringMethod):
         self.save_hyperparameters()
         if warm_start not in ("none", "refine"):
             raise ConfigError(f"hc_mgan: warm_start must be none|refine, got {warm_start!r}")
+        if noise_kind not in NOISE_KINDS:
+            raise ConfigError(f"hc_mgan: noise_kind must be {'|'.join(NOISE_KINDS)}, got {noise_kind!r}")
         if refine_cls_reduction not in ("sum", "mean"):
             raise ConfigError(f"hc_mgan: refine_cls_reduction must be sum|mean, got {refine_cls_reduction!r}")
         if int(refine_gens_per_group) < 1 or int(n_refinements) < 0 or int(max_attempts) < 1:
@@ -102,7 +106,7 @@ class HCMGAN(ClusteringMethod):
                         "lr_d": float(lr_d), "lr_c": float(lr_c), "betas": [float(b) for b in betas],
                         "lambda_cls": float(lambda_cls), "raw_lambda_squared": bool(raw_lambda_squared),
                         "refine_gens_per_group": int(refine_gens_per_group),
-                        "refine_cls_reduction": refine_cls_reduction, "init": init}
+                        "refine_cls_reduction": refine_cls_reduction, "init": init, "noise_kind": noise_kind}
         self.tree = Tree(self.spec)
         self.game: RawSplitGame | RefinementGame | None = None
         # Transient training state (never in the state_dict).
@@ -261,6 +265,8 @@ class HCMGAN(ClusteringMethod):
         if epoch >= hp.collapse_check_from and (epoch - hp.collapse_check_from) % max(hp.collapse_check_every, 1) == 0:
             scores = self.game.collapse_scores(self.noise_scale(), self.device)
             self._collapse_log = scores
+            # D's BCE on each generator's fakes: the curve that shows a generator dying before it is flagged.
+            self.log_dict({f"train/fake_bce_g{i}": s for i, s in enumerate(scores)}, on_step=False, on_epoch=True)
             if min(scores) < hp.collapse_threshold:
                 rank_zero_warn(f"HC-MGAN {self._progress}: generator collapse at epoch {epoch} "
                                f"(D's fake BCE per generator {[round(s, 4) for s in scores]} < {hp.collapse_threshold})"
