@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from genclust.data.datamodule import ClusteringDataModule
 from genclust.errors import ConfigError
@@ -363,6 +363,20 @@ def test_train_py_smoke_on_digits(tmp_path):
     report = json.loads(proc.stdout)
     assert [s["split"] for s in report["splits"]] == [1, 2] and [r["k"] for r in report["per_k"]] == [1, 2, 3]
     assert report["per_k"][-1]["test/acc"] == pytest.approx(result["per_k"][-1]["test/acc"], abs=1e-4)
+    # scripts/tree_cut.py keeps the first split; a run in the cut folder regrows split 2 alone
+    cut = tmp_path / "cut"
+    proc = run_cli([str(tmp_path), "1", str(cut)], script="scripts/tree_cut.py")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = torch.load(cut / "tree" / "tree.pt", weights_only=True)["tree"]["_extra_state"]
+    assert len(kept["splits"]) == 1 and [n["id"] for n in kept["nodes"]] == [0, 1, 2]
+    assert run_cli([str(tmp_path), "5", str(tmp_path / "cut5")], script="scripts/tree_cut.py").returncode == 2
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(cut)
+    regrown = run(cfg)
+    assert regrown["method_info"]["hc_mgan"]["n_splits"] == 2
+    full = torch.load(tmp_path / "tree" / "tree.pt", weights_only=True)["tree"]["_extra_state"]
+    again = torch.load(cut / "tree" / "tree.pt", weights_only=True)["tree"]["_extra_state"]
+    assert torch.equal(again["memberships"][:3], full["memberships"][:3])  # split 1 kept as it was
 
 
 # ------------------------------------------------------------------------------ collapse restarts

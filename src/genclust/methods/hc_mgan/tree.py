@@ -116,6 +116,26 @@ class Tree(nn.Module):
         self.splits.append(record)
         return ids
 
+    def truncate(self, n_splits: int) -> None:
+        """Undo every split after the first ``n_splits`` (to re-run a later split alone, e.g. to study it).
+
+        Split j created nodes 2j+1 and 2j+2, so the tree after n splits is exactly nodes[: 2n + 1].
+        """
+        n = int(n_splits)
+        if not 0 <= n <= self.n_splits:
+            raise ValueError(f"the tree has {self.n_splits} splits; cannot keep {n}")
+        for split in self.splits[n:]:
+            del self.classifiers[f"s{split['index']}"]
+            for cid in split["children"]:
+                del self.generators[f"n{cid}"]
+                self.memberships.pop(cid)
+        self.splits = self.splits[:n]
+        self.nodes = self.nodes[: 2 * n + 1]
+        undone = {s["node"] for s in self.splits}
+        for node in self.nodes:
+            if node["id"] not in undone:
+                node["children"], node["split"] = None, None
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def split_probs(self, x: Tensor, n_splits: int | None = None, batch_size: int = 1000) -> Tensor:
