@@ -124,19 +124,6 @@ def test_zn_unit_scale_is_a_reparametrisation():
     assert m.describe()["paper_deviations"] == {"zn_unit_scale": True}
 
 
-def test_zc_scale_multiplies_the_one_hot_only():
-    m = make(k=4, zn_unit_scale=True, zc_scale=3.0).eval()
-    z, z_n, _ = m.sample_z(6)
-    x = m._g(z)
-    assert torch.allclose(x, m.generator(torch.cat([z_n / m.sigma, 3.0 * z[:, m.latent_dim:]], 1)))
-    assert m.describe()["paper_deviations"] == {"zn_unit_scale": True, "zc_scale": 3.0}
-    plain = make(k=4, zc_scale=2.0).eval()
-    z, z_n, _ = plain.sample_z(6)
-    assert torch.allclose(plain._g(z), plain.generator(torch.cat([z_n, 2.0 * z[:, plain.latent_dim:]], 1)))
-    with pytest.raises(ConfigError, match="zc_scale"):
-        make(k=4, zc_scale=0.0)
-
-
 def test_critic_loss_sign_and_lazy_penalty():
     m = make(k=4, gp_every=3)
     real = torch.rand(8, 1, 8, 8)

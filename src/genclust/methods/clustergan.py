@@ -54,7 +54,7 @@ CLUSTERING_MODES = ("argmax", "kmeans_latent")
 # Paper + official-code values of the knobs a budget or port variant changes (describe() lists deviations).
 PAPER_SETTINGS = {"sigma": 0.10, "n_critic": 5, "lr": 1e-4, "lr_critic": None, "betas": [0.5, 0.9], "batch_size": 64,
                   "gp_weight": 10.0, "gp_every": 1, "gp_per_sample_alpha": False, "weight_decay": 0.0,
-                  "precision": "32", "zn_unit_scale": False, "zc_scale": 1.0, "ema_decay": 0.0}
+                  "precision": "32", "zn_unit_scale": False, "ema_decay": 0.0}
 INFERENCE_MODES = ("encoder", "backprop")
 
 
@@ -240,7 +240,6 @@ class ClusterGAN(ClusteringMethod):
         init_last: str = "glorot",
         use_encoder: bool = True,
         zn_unit_scale: bool = False,
-        zc_scale: float = 1.0,
         # clustering
         clustering: str = "argmax",
         inference: str = "encoder",
@@ -328,14 +327,8 @@ class ClusterGAN(ClusteringMethod):
         # multiplied by sigma before the loss). Same model class, prior and losses; only the parametrisation
         # (and so Adam's per-weight step sizes and the init) of the z_n weights changes.
         self.zn_unit_scale = bool(zn_unit_scale)
-        # zc_scale: G reads c * z_c (the one-hot's weights in G's first layer move c times faster under Adam
-        # and start c times larger). With z_n at unit scale (30 dims, norm ~5.5) the one-hot is the weaker
-        # input; c > 1 restores its share. Same model class; a budget knob like zn_unit_scale.
-        if float(zc_scale) <= 0:
-            raise ConfigError(f"zc_scale must be > 0, got {zc_scale}")
-        self._scale_g_in = self.zn_unit_scale or float(zc_scale) != 1.0
-        g_in = torch.full((self.z_dim,), float(zc_scale))
-        g_in[: self.latent_dim] = 1.0 / self.sigma if self.zn_unit_scale else 1.0
+        g_in = torch.ones(self.z_dim)
+        g_in[: self.latent_dim] = 1.0 / self.sigma
         e_out = torch.ones(self.z_dim)
         e_out[: self.latent_dim] = self.sigma
         self.register_buffer("_g_in_scale", g_in, persistent=False)
@@ -372,7 +365,7 @@ class ClusterGAN(ClusteringMethod):
     def _g(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
         """G(z) (z = [z_n, z_c] in the prior's units); ``net`` = the averaged copy at inference."""
         net = self.generator if net is None else net
-        return net(z * self._g_in_scale.to(z.dtype) if self._scale_g_in else z)
+        return net(z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z)
 
     def _e(self, x: Tensor, net: nn.Module | None = None) -> Tensor:
         """E(x) = [z_n_hat, z_c logits] (z_n_hat in the prior's units)."""
