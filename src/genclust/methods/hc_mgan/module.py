@@ -214,6 +214,7 @@ class HCMGAN(ClusteringMethod):
         return {"hc_mgan": {"n_leaves": self.tree.n_leaves, "n_splits": self.tree.n_splits,
                             "leaves": self.tree.leaves() if self.tree.initialized else [],
                             "splits": splits, "z_prior": self.hparams.z_prior,
+                            "noise": {"kind": self.hparams.noise_kind, "start": self.hparams.noise_start},
                             "refinement_generators_per_group": self.hparams.refine_gens_per_group}}
 
     def save_figures(self, out_dir: Path) -> list[Path]:

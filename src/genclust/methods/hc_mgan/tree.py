@@ -131,9 +131,9 @@ class Tree(nn.Module):
                 self.memberships.pop(cid)
         self.splits = self.splits[:n]
         self.nodes = self.nodes[: 2 * n + 1]
-        undone = {s["node"] for s in self.splits}
+        still_split = {s["node"] for s in self.splits}
         for node in self.nodes:
-            if node["id"] not in undone:
+            if node["id"] not in still_split:
                 node["children"], node["split"] = None, None
 
     # ------------------------------------------------------------------ inference
