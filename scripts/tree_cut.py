@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"tree_cut: {err}", file=sys.stderr)
         return 2
-    dst.parent.mkdir(parents=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"tree": tree.state_dict()}, dst)
     print(f"tree_cut: {dst}: {tree.n_splits} splits, leaves {tree.leaves()}")
     return 0
