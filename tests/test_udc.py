@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from genclust.errors import ConfigError
 from genclust.methods.udc import UDC, frozen, trunk_plan
 from genclust.train import run
-from tests.helpers import compose_cfg, options
+from tests.helpers import DATA_DIR, compose_cfg, options, requires_mnist_test, run_cli
 
 TINY = dict(dim=4, z_dim=4, hidden=[16, 16])
 
@@ -235,3 +235,18 @@ def test_z_std_scales_the_noise():
     m = make(k=4, z_std=0.1)
     _, z = m._draw(20000)
     assert abs(z.std().item() - 0.1) < 0.005
+
+
+@requires_mnist_test
+def test_artifact_probe_reads_a_run(tmp_path):
+    # scripts/artifact_probe.py: per-cluster pixel (0, 0) of G and C's reaction to that pixel alone
+    cfg = composed(["dataset=artifact_mnist", "trainer=smoke", "trainer.limit_train_batches=10",
+                    "callbacks.evaluator.every_n_epochs=0", "method.batch_size=32", *tiny_overrides()], tmp_path)
+    run(cfg)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    proc = run_cli([str(ckpt), "--data-dir", str(DATA_DIR), "--n-samples", "50"], script="scripts/artifact_probe.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("cluster ") == 3 and proc.stdout.count("change cluster") == 3
+    assert "test ACC against the pixel label" in proc.stdout
+    proc = run_cli([str(tmp_path / "missing.ckpt")], script="scripts/artifact_probe.py")
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
