@@ -6,6 +6,7 @@ Artifact-MNIST's label is pixel (0, 0) (0.1 / 0.5 / 0.9, drawn independently of 
 questions tell a run that is on its way to the cue from one that is not, long before the test ACC
 moves: (1) does G draw that pixel per cluster (one level per cluster)? (2) does C read it, i.e. do the
 clusters of the real test images change when only that pixel is set to another level?
+The test images are rebuilt with the dataset config's defaults (levels, seed, 80/20 split).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from genclust.data.sources import artifact_mnist
+from genclust.errors import GenclustError
 from genclust.evaluation.metrics import cluster_acc
 from genclust.methods.udc import UDC
 
@@ -51,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(model.n_clusters):
         pixel = model.sample(args.n_samples, cluster=k).float()[:, 0, 0, 0]
         print(f"    cluster {k}: mean {float(pixel.mean()):.3f}  shares {level_bins(pixel)}")
-    x, y = artifact_mnist(args.data_dir)["test"]
+    try:
+        x, y = artifact_mnist(args.data_dir)["test"]
+    except GenclustError as err:
+        print(f"artifact_probe: {err}", file=sys.stderr)
+        return 2
     images = torch.from_numpy(x)
     clusters = model.cluster_probs(images).argmax(dim=1)
     print(f"(2) test ACC against the pixel label: {cluster_acc(y, clusters.numpy()):.4f}")
