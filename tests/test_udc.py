@@ -2,6 +2,7 @@
 paper / authors' schedules, the losses of Eqs. 5-7, the training cycle (N_critic critic batches, N_class
 classifier steps, one generator step), clustering of new data through softmax C, figures, smoke fits."""
 
+import csv
 import json
 import math
 
@@ -120,7 +121,7 @@ def test_tau_auto_spans_the_run():
     m._trainer = FakeTrainer()
     assert m.plan_total_gen_steps() == 600  # 3 epochs x 1000 critic batches / 5
     FakeTrainer.max_epochs = -1
-    assert m.plan_total_gen_steps() is None  # max_time only: needs total_gen_steps
+    assert m.plan_total_gen_steps() is None  # max_time only: no step plan (the stairs follow the clock)
     FakeTrainer.max_steps = 1000
     assert m.plan_total_gen_steps() == 100  # 10 optimizer steps per generator step
     m._trainer = None
@@ -196,11 +197,21 @@ def test_batched_fakes_cover_one_cycle():
     assert len(m2._fakes["critic"]) == 3 and len(m2._fakes["class_y"]) == 2
 
 
-def test_tau_auto_needs_a_length_with_max_time(tmp_path):
-    cfg = composed(["dataset=digits", "trainer=smoke", "trainer.max_epochs=-1", "trainer.max_time=00:00:00:05",
-                    "callbacks.evaluator.every_n_epochs=0", *tiny_overrides()], tmp_path)
-    with pytest.raises(ConfigError, match="total_gen_steps"):
-        run(cfg)
+def test_tau_auto_on_a_wall_clock_budget_follows_the_clock(tmp_path):
+    # max_time only: the step count is unknown in advance, so the 30 stairs are spread over the budget
+    cfg = composed(["dataset=digits", "trainer=smoke", "trainer.max_epochs=-1", "trainer.max_time=00:00:00:04",
+                    "callbacks.evaluator.every_n_epochs=0", "method.eta0=1.0", *tiny_overrides()], tmp_path)
+    info = run(cfg)["method_info"]
+    assert info["eta_schedule"].startswith("clock")
+    stair = round(math.log(info["eta_final"]) / math.log(1.2))
+    assert 20 <= stair <= 29, stair  # the last generator step falls in the last stairs of the budget
+    eta = [float(r["train/eta"]) for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("train/eta")]
+    assert eta == sorted(eta) and eta[0] < eta[-1]  # a staircase: never down
+    bad = composed(["dataset=digits", "trainer=smoke", "trainer.max_epochs=-1", "trainer.max_time=00:00:00:02",
+                    "method.schedule=authors_code", "callbacks.evaluator.every_n_epochs=0", *tiny_overrides()],
+                   tmp_path / "bad")
+    with pytest.raises(ConfigError, match="total_gen_steps"):  # the code's doubling needs a step count
+        run(bad)
 
 
 def test_bf16_autocast_losses_are_finite_float32():

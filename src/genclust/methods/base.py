@@ -138,6 +138,38 @@ class ClusteringMethod(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.raise_if_diverged()
 
+    def _timer(self) -> pl.callbacks.Timer | None:
+        trainer = self._trainer
+        timer = None if trainer is None else next(
+            (c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+        return timer if timer is not None and timer._duration else None
+
+    def time_budget_s(self) -> float | None:
+        """The run's wall-clock budget (``trainer.max_time``) in seconds, or None."""
+        timer = self._timer()
+        return None if timer is None else float(timer._duration)
+
+    def run_progress(self, batch_idx: int = 0) -> float:
+        """Fraction of the planned run done, in [0, 1] (0 outside a trainer).
+
+        The budget that ends the run first decides: ``trainer.max_time`` (elapsed / budget; Lightning's
+        Timer keeps the elapsed time across a resume), ``trainer.max_steps`` or ``trainer.max_epochs``.
+        Schedules that must span a wall-clock budget (whose step count is unknown in advance) read this.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        done = 0.0
+        timer = self._timer()
+        if timer is not None:
+            done = timer.time_elapsed("train") / timer._duration
+        if trainer.max_steps and trainer.max_steps > 0:
+            done = max(done, trainer.global_step / trainer.max_steps)
+        n_batches = trainer.num_training_batches
+        if trainer.max_epochs and trainer.max_epochs > 0 and n_batches and n_batches != float("inf"):
+            done = max(done, (trainer.current_epoch + (batch_idx + 1) / n_batches) / trainer.max_epochs)
+        return min(max(done, 0.0), 1.0)
+
     def raise_if_diverged(self) -> None:
         if bool(self._nonfinite):
             epoch = self.trainer.current_epoch if self._trainer is not None else -1

@@ -34,8 +34,10 @@ Schedules (``schedule``):
 900,000 steps -> 1,000 of 30,000), i.e. tau = total generator steps * 30,000 / 900,000, so the
 staircase spans the whole run (29 increases, eta_0 * 1.2**29 ~ 198 * eta_0 at the end). The total is
 ``total_gen_steps`` when given, else ``trainer.max_epochs * batches_per_epoch / N_critic`` (with the
-authors' doubling accounted for), else ``trainer.max_steps / (optimizer steps per generator step)``;
-a run budgeted only by ``trainer.max_time`` must set ``total_gen_steps`` (the expected count).
+authors' doubling accounted for), else ``trainer.max_steps / (optimizer steps per generator step)``.
+A run budgeted by ``trainer.max_time`` (and no ``total_gen_steps``) cannot know its step count in
+advance: its staircase follows the clock instead, eta_0 * gamma ** floor(30 * elapsed / max_time),
+the same 30 stairs spread over the budget (the schedule spans the run on any machine speed).
 
 Architecture (§IV-A, Fig. 2, built on WGAN-GP's MNIST nets [71], DIM = 64):
 
@@ -266,6 +268,8 @@ class UDC(ClusteringMethod):
         self._t = 0  # generator steps done
         self._tau = int(tau) if tau != "auto" else 0
         self._total = 0
+        self._by_clock = False  # tau=auto on a wall-clock budget: eta's stair follows the elapsed time
+        self._stair = 0
         self._critic_in_cycle = 0
         self._critic_calls = 0
         self._last_gp = torch.zeros(())
@@ -275,10 +279,20 @@ class UDC(ClusteringMethod):
 
     # ------------------------------------------------------------------ schedule
     def eta(self, t: int | None = None) -> float:
-        """Eq. 8 read as eta_t = eta_0 * gamma ** floor(t / tau) ("multiply by 1.2 every 30,000")."""
+        """Eq. 8 read as eta_t = eta_0 * gamma ** floor(t / tau) ("multiply by 1.2 every 30,000").
+
+        On a wall-clock budget (``_by_clock``) the stair is floor(30 * elapsed fraction) instead; ``t``
+        is then ignored and the current stair is used."""
+        if self._by_clock:
+            return float(self.sched["eta0"]) * float(self.sched["gamma"]) ** self._stair
         t = self._t if t is None else t
         tau = max(self._tau, 1)
         return float(self.sched["eta0"]) * float(self.sched["gamma"]) ** (t // tau)
+
+    def _update_stair(self, batch_idx: int) -> None:
+        """Clock-driven staircase: 30 stairs over the budget (stair 29 in the last thirtieth)."""
+        stairs = STEPS_REF // TAU_REF
+        self._stair = min(int(self.run_progress(batch_idx) * stairs), stairs - 1)
 
     def steps_now(self, t: int | None = None) -> tuple[int, int]:
         """(N_critic, N_class) at generator step t; the authors' code doubles both at N/3."""
@@ -318,9 +332,16 @@ class UDC(ClusteringMethod):
         self._t = int(self.gen_steps)  # resume: one host read, once
         self._critic_in_cycle = 0
         self._fakes = None
-        planned = self.plan_total_gen_steps()
+        self._by_clock = (self.hparams.tau == "auto" and not self.hparams.total_gen_steps
+                          and self.time_budget_s() is not None)
+        planned = None if self._by_clock else self.plan_total_gen_steps()
         self._total = planned or 0
-        if self.hparams.tau == "auto":
+        if self._by_clock:
+            self._update_stair(0)
+            if self.sched["double_steps_at"] is not None:
+                raise ConfigError("udc: double_steps_at needs the run length in generator steps: set "
+                                  "method.total_gen_steps when budgeting by trainer.max_time")
+        elif self.hparams.tau == "auto":
             if planned is None:
                 raise ConfigError(
                     "udc.tau=auto needs the run length in generator steps: set trainer.max_epochs, or "
@@ -415,6 +436,8 @@ class UDC(ClusteringMethod):
             loss_c, _ = self.classifier_loss(xk[:n], yk[:n])
             self.update("classifier", loss_c)
         # --- generator step (lines 21-29)
+        if self._by_clock:
+            self._update_stair(batch_idx)
         eta = self.eta()
         y, z = self._draw(n)
         with frozen(self.critic, self.classifier):  # gradients flow through D and C to G only
@@ -496,6 +519,7 @@ class UDC(ClusteringMethod):
                          "planned_gen_steps": int(self.planned_gen_steps)},
             "gen_steps": int(self.gen_steps),
             "eta_final": self.eta(int(self.gen_steps)),
+            "eta_schedule": "clock (30 stairs over trainer.max_time)" if self._by_clock else "generator steps",
             "parameters": {"generator": count_parameters(self.generator), "critic": count_parameters(self.critic),
                            "classifier": count_parameters(self.classifier)},
         }
