@@ -242,6 +242,22 @@ def test_lazy_gradient_penalty_weight():
         make(gp_every=0)
 
 
+def test_classifier_noise_on_training_fakes_only():
+    m = make(k=4, classifier_noise=0.5)
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.manual_seed(1)
+    loss, logits = m.classifier_loss(x, y)
+    torch.manual_seed(1)
+    noisy = x + 0.5 * torch.randn_like(x)
+    assert torch.allclose(logits, m.classifier(noisy), atol=1e-5)
+    assert not torch.allclose(logits, m.classifier(x), atol=1e-3)
+    # clustering real data reads the clean image: deterministic, no noise
+    assert torch.equal(m.cluster_probs(x), m.cluster_probs(x))
+    assert torch.allclose(m.cluster_probs(x), F.softmax(m.classifier(x), 1))
+    with pytest.raises(ConfigError, match="classifier_noise"):
+        make(classifier_noise=-0.1)
+
+
 def test_z_std_scales_the_noise():
     m = make(k=4, z_std=0.1)
     _, z = m._draw(20000)
