@@ -214,8 +214,12 @@ def test_tau_auto_on_a_wall_clock_budget_follows_the_clock(tmp_path):
         run(bad)
 
 
-def test_bf16_autocast_losses_are_finite_float32():
+def test_bf16_autocast_losses_are_finite_float32(monkeypatch):
+    monkeypatch.setenv("GENCLUST_EMULATED_BF16", "1")  # the bf16 path also on CPUs without native bf16
     m = make(k=4, autocast="bf16")
+    assert m._bf16() and m.describe()["autocast"] == "bf16"
+    with m._autocast():
+        assert m.generate(*m._draw(2)).dtype == torch.bfloat16
     real, fake = torch.rand(8, 1, 8, 8), torch.rand(8, 1, 8, 8)
     loss, w, gp = m.critic_loss(real, fake)
     loss_c, _ = m.classifier_loss(fake, torch.randint(0, 4, (8,)))

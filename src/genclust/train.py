@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genclust.errors import ConfigError, DivergenceError, GenclustError
+from genclust.precision import trainer_precision
 
 log = logging.getLogger("genclust")
 
@@ -98,7 +99,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
+    # a bf16 trainer precision becomes "32-true" on a CPU that only emulates bf16 (~10x slower there)
+    precision = trainer_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+
     def make_trainer(**overrides: Any) -> pl.Trainer:
+        if precision is not None:
+            overrides.setdefault("precision", precision)
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                            default_root_dir=str(run_dir), **overrides)
 
@@ -118,7 +124,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     extra = {"method": cfg.get("method_name"), "dataset": datamodule.name, "seed": cfg.seed,
              "run_dir": str(run_dir)}
     if trainer is not None:
-        extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step)
+        extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step,
+                     precision=str(trainer.precision))
     step = trainer.global_step if trainer is not None else 0
     if trainer is not None:
         # Lightning's teardown moved the model to the CPU; evaluate (and gather, NCCL included) on the

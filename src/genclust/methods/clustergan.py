@@ -49,6 +49,7 @@ from genclust.errors import ConfigError
 from genclust.losses import gradient_penalty
 from genclust.methods.base import ClusteringMethod
 from genclust.nets.blocks import Reshape, activation, init_normal
+from genclust.precision import use_bf16
 
 CLUSTERING_MODES = ("argmax", "kmeans_latent")
 # Paper + official-code values of the knobs a budget or port variant changes (describe() lists deviations).
@@ -403,8 +404,12 @@ class ClusterGAN(ClusteringMethod):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _bf16(self) -> bool:
+        """bf16 requested and native on this device (else float32: see genclust.precision)."""
+        return self.hparams.precision == "bf16" and use_bf16(self.device.type, "clustergan.precision")
+
     def _autocast(self):
-        if self.hparams.precision == "bf16":
+        if self._bf16():
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -706,7 +711,7 @@ class ClusterGAN(ClusteringMethod):
             "beta_c": float(hp.beta_c),
             "lr": float(hp.lr),
             "gp_every": self.gp_every,
-            "precision": hp.precision,
+            "precision": "bf16" if self._bf16() else "32",  # what ran (bf16 falls back on CPUs without it)
         }
         info["paper_deviations"] = {k: hp[k] for k, v in PAPER_SETTINGS.items()
                                     if (list(hp[k]) if k == "betas" else hp[k]) != v}

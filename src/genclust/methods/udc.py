@@ -75,6 +75,7 @@ from genclust.errors import ConfigError
 from genclust.losses import gradient_penalty, mean_entropy
 from genclust.methods.base import ClusteringMethod
 from genclust.nets.blocks import Crop, Reshape, count_parameters, mlp, one_hot
+from genclust.precision import use_bf16
 
 # Algorithm 1's caption (paper) and gan_mnist.py L29-43, L308-310 (authors' code, peers.md §3.3).
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -356,8 +357,12 @@ class UDC(ClusteringMethod):
         self.planned_gen_steps.fill_(self._total)
 
     # ------------------------------------------------------------------ players
+    def _bf16(self) -> bool:
+        """bf16 requested and native on this device (else float32: see genclust.precision)."""
+        return self.hparams.autocast == "bf16" and use_bf16(self.device.type, "udc.autocast")
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.hparams.autocast == "bf16":
+        if self._bf16():
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -528,6 +533,7 @@ class UDC(ClusteringMethod):
         return {
             "inference": "argmax softmax C(x) (classifier trained on generated images only)",
             "schedule": self.hparams.schedule,
+            "autocast": "bf16" if self._bf16() else "none",  # what ran (a bf16 request falls back on CPUs without it)
             "resolved": {**{k: v for k, v in self.sched.items()}, "tau": int(self.tau_steps),
                          "planned_gen_steps": int(self.planned_gen_steps)},
             "gen_steps": int(self.gen_steps),

@@ -1,0 +1,71 @@
+"""A bf16 request falls back to float32 on CPUs that only emulate bf16 (genclust.precision)."""
+
+import logging
+
+import pytest
+import torch
+
+import genclust.precision as precision
+from genclust.methods.clustergan import ClusterGAN
+from genclust.methods.udc import UDC
+from genclust.train import run
+from tests.helpers import compose_cfg
+from tests.test_udc import tiny_overrides
+
+
+@pytest.fixture
+def cpu_without_bf16(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_warned", set())
+    monkeypatch.delenv(precision.ENV_FORCE, raising=False)
+
+
+@pytest.fixture
+def cpu_with_bf16(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+
+
+def udc(**kw):
+    return UDC(4, [1, 8, 8], batch_size=8, dim=4, z_dim=2, **kw)
+
+
+def test_bf16_request_runs_float32_with_one_warning_on_emulating_cpu(cpu_without_bf16, caplog):
+    m = udc(autocast="bf16")
+    with caplog.at_level(logging.WARNING, logger="genclust"):
+        with m._autocast():
+            x = m.generate(*m._draw(3))
+        m.critic_loss(torch.rand(3, 1, 8, 8), x.detach())
+    assert x.dtype == torch.float32 and m.describe()["autocast"] == "none"
+    warnings = [r.message for r in caplog.records if "bf16" in r.message]
+    assert len(warnings) == 1 and "udc.autocast" in warnings[0] and "float32" in warnings[0]
+    cg = ClusterGAN(4, [1, 8, 8], precision="bf16", latent_dim=3, g_channels=[4, 2], d_channels=[2, 4],
+                    g_fc=[8], d_fc=[8])
+    assert not cg._bf16() and cg.describe()["precision"] == "32"
+
+
+def test_env_keeps_emulated_bf16(cpu_without_bf16, monkeypatch):
+    monkeypatch.setenv(precision.ENV_FORCE, "1")
+    m = udc(autocast="bf16")
+    with m._autocast():
+        assert m.generate(*m._draw(3)).dtype == torch.bfloat16
+
+
+def test_native_bf16_is_kept(cpu_with_bf16):
+    assert udc(autocast="bf16")._bf16()
+    assert precision.trainer_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_trainer_precision(cpu_without_bf16):
+    assert precision.trainer_precision("bf16-mixed", "cpu") == "32-true"
+    assert precision.trainer_precision("32-true", "cpu") == "32-true"
+    assert precision.trainer_precision(None, "cpu") is None
+    if not torch.cuda.is_available():
+        assert precision.trainer_precision("bf16-mixed", "auto") == "32-true"
+
+
+def test_run_records_fallback_precision(cpu_without_bf16, tmp_path):
+    cfg = compose_cfg(["method=udc", "dataset=digits", "trainer=smoke", "trainer.precision=bf16-mixed",
+                       "trainer.limit_train_batches=10", "callbacks.evaluator.every_n_epochs=0",
+                       "method.autocast=bf16", *tiny_overrides()], output_dir=tmp_path)
+    result = run(cfg)
+    assert result["precision"] == "32-true" and result["method_info"]["autocast"] == "none"
