@@ -1,4 +1,4 @@
-"""Does a UDC run on Artifact-MNIST use the one-pixel cue? Probe its generator and its classifier.
+"""Does a UDC run on Artifact-MNIST (or artifact_digits) use the one-pixel cue? Probe its G and its C.
 
     python scripts/artifact_probe.py outputs/<run>/checkpoints/last.ckpt [--data-dir DIR]
 
@@ -36,7 +36,7 @@ def level_bins(pixel: torch.Tensor) -> list[float]:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="a UDC Lightning checkpoint of an artifact_mnist run")
+    parser.add_argument("checkpoint", type=Path, help="a UDC Lightning checkpoint of an artifact_mnist or artifact_digits run")
     parser.add_argument("--data-dir", default=os.environ.get("GENCLUST_DATA_DIR", "data"))
     parser.add_argument("--n-samples", type=int, default=1000, help="generated images per cluster")
     args = parser.parse_args(argv)
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         pixel = model.sample(args.n_samples, cluster=k).float()[:, 0, 0, 0]
         print(f"    cluster {k}: mean {float(pixel.mean()):.3f}  shares {level_bins(pixel)}")
     try:
-        x, y = artifact_mnist(args.data_dir)["test"]
+        base = "digits" if tuple(model.img_shape) == (1, 8, 8) else "mnist"  # artifact_digits / artifact_mnist
+        x, y = artifact_mnist(args.data_dir, base=base)["test"]
     except GenclustError as err:
         print(f"artifact_probe: {err}", file=sys.stderr)
         return 2

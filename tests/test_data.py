@@ -155,6 +155,21 @@ def test_artifact_mnist_labels_are_the_artifact():
     assert len(parts["train"][0]) == 8000 and len(parts["test"][0]) == 2000
 
 
+def test_artifact_digits_labels_are_the_artifact():
+    parts = artifact_mnist(base="digits")  # CPU-scale version on the bundled 8x8 scans: no files needed
+    x, y = parts["train"]
+    levels = np.array([0.1, 0.5, 0.9], dtype=np.float32)
+    np.testing.assert_allclose(x[:, 0, 0, 0], levels[y])
+    assert x.shape[1:] == (1, 8, 8) and len(x) + len(parts["test"][0]) == 1797
+    plain = digits()["train"][0]  # same scans, same split; their pixel (0, 0) is always 0
+    assert not plain[:, 0, 0, 0].any()
+    x = x.copy()
+    x[:, 0, 0, 0] = 0.0
+    np.testing.assert_array_equal(x, plain)  # only the corner pixel differs
+    with pytest.raises(DataError, match="artifact base"):
+        artifact_mnist(base="cifar")
+
+
 @requires_fmnist
 def test_fmnist5_grouping():
     dm = make_dm({"name": "fmnist5", "n_clusters": 5, "img_shape": [1, 28, 28],

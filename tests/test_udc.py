@@ -268,6 +268,30 @@ def test_z_std_scales_the_noise():
     assert abs(z.std().item() - 0.1) < 0.005
 
 
+def test_channels_last_is_the_same_computation():
+    a, b = make(k=4), make(k=4, channels_last=True)
+    assert b.critic.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    real, fake = torch.rand(8, 1, 8, 8), torch.rand(8, 1, 8, 8)
+    y, z = a._draw(8)
+    torch.testing.assert_close(a.generate(y, z), b.generate(y, z), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.critic_loss(real, fake, with_gp=False)[0], b.critic_loss(real, fake, with_gp=False)[0],
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(a.cluster_probs(real), b.cluster_probs(real), atol=1e-5, rtol=1e-4)
+
+
+def test_artifact_probe_reads_a_digits_run(tmp_path):
+    # the CPU-scale artifact set (8x8 digits): same probe, no data files needed
+    cfg = compose_cfg(["experiment=udc_artifact_digits", "trainer=smoke", "trainer.limit_train_batches=10",
+                       "trainer.max_epochs=1", "trainer.max_time=null",
+                       "callbacks.evaluator.every_n_epochs=0", "method.n_critic=1", "method.n_class=1",
+                       "method.total_gen_steps=10", *tiny_overrides()], output_dir=tmp_path)
+    result = run(cfg)
+    assert result["method_info"]["gen_steps"] == 10
+    proc = run_cli([str(tmp_path / "checkpoints" / "last.ckpt"), "--n-samples", "20"], script="scripts/artifact_probe.py")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("cluster ") == 3 and "on all 359 test images" in proc.stdout
+
+
 @requires_mnist_test
 def test_artifact_probe_reads_a_run(tmp_path):
     # scripts/artifact_probe.py: per-cluster pixel (0, 0) of G and C's reaction to that pixel alone

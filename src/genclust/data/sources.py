@@ -119,13 +119,20 @@ def _split(x: np.ndarray, y: np.ndarray, train_fraction: float, seed: int) -> Pa
 
 
 def artifact_mnist(data_dir: str | Path = "data", download: bool = False, base_part: str = "test",
-                   train_fraction: float = 0.8, levels: Sequence[float] = (0.1, 0.5, 0.9), seed: int = 0) -> Parts:
+                   train_fraction: float = 0.8, levels: Sequence[float] = (0.1, 0.5, 0.9), seed: int = 0,
+                   base: str = "mnist") -> Parts:
     """UDC §IV-D Artifact-MNIST: pixel (0, 0) set to one of ``levels`` at random; the level is the label.
 
     The digit identity is deliberately *not* the label: a method must find the one-pixel cue.
-    Built from one MNIST part and split ``train_fraction`` / rest with a fixed permutation.
+    Built from one MNIST part (``base="digits"``: scikit-learn's 1,797 8x8 scans instead, a CPU-scale
+    version; their pixel (0, 0) is always 0) and split ``train_fraction`` / rest with a fixed permutation.
     """
-    x, _ = load_idx_part("mnist", base_part, data_dir, download)
+    if base == "mnist":
+        x, _ = load_idx_part("mnist", base_part, data_dir, download)
+    elif base == "digits":
+        x, _ = _all_digits()
+    else:
+        raise DataError(f"artifact base must be 'mnist' or 'digits', got {base!r}")
     rng = np.random.default_rng(seed)
     y = rng.integers(0, len(levels), len(x)).astype(np.int64)
     x = x.copy()
@@ -133,13 +140,17 @@ def artifact_mnist(data_dir: str | Path = "data", download: bool = False, base_p
     return _split(x, y, train_fraction, seed)
 
 
-def digits(train_fraction: float = 0.8, seed: int = 0) -> Parts:
-    """scikit-learn's bundled 8x8 digits (1,797 real scans, 16 grey levels), split train/test."""
+def _all_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits as [N, 1, 8, 8] floats in [0, 1] and their labels."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = (bunch.images.astype(np.float32) / 16.0)[:, None]
-    return _split(x, bunch.target.astype(np.int64), train_fraction, seed)
+    return (bunch.images.astype(np.float32) / 16.0)[:, None], bunch.target.astype(np.int64)
+
+
+def digits(train_fraction: float = 0.8, seed: int = 0) -> Parts:
+    """scikit-learn's bundled 8x8 digits (1,797 real scans, 16 grey levels), split train/test."""
+    return _split(*_all_digits(), train_fraction, seed)
 
 
 def clustergan_gaussians(n_per_component: int = 2500, n_test_per_component: int = 500, std: float = 0.3,
