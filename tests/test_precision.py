@@ -59,6 +59,8 @@ def test_trainer_precision(cpu_without_bf16):
     assert precision.trainer_precision("bf16-mixed", "cpu") == "32-true"
     assert precision.trainer_precision("32-true", "cpu") == "32-true"
     assert precision.trainer_precision(None, "cpu") is None
+    assert precision.trainer_precision("bf16-mixed", "gpu") == "bf16-mixed"  # accelerators: Lightning's call
+    assert precision.trainer_precision("bf16-mixed", "mps") == "bf16-mixed"
     if not torch.cuda.is_available():
         assert precision.trainer_precision("bf16-mixed", "auto") == "32-true"
 

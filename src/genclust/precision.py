@@ -4,7 +4,7 @@ Our CPU-budget configs ask for bf16 because on CPUs with AVX512-BF16 or AMX it m
 1.2-2.2x faster. On a CPU without them (AVX2-only machines, e.g. many AMD EPYC hosts) PyTorch
 *emulates* bf16 and the same step is about 10x slower (2026-12-02, AMD EPYC with AVX2, 2 threads:
 UDC's budget step 118 ms in fp32, 1,209 ms under bf16 autocast; the default digits job hit its time
-limit after 5 of its epochs and scored ACC 0.36). So a bf16 request on such a CPU falls back to float32,
+limit after 5 of its 150 epochs and scored ACC 0.36). So a bf16 request on such a CPU falls back to float32,
 with one warning; ``GENCLUST_EMULATED_BF16=1`` keeps bf16 anyway (to reproduce bf16 numerics).
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import platform
 
 import torch
 
@@ -23,11 +24,19 @@ ENV_FORCE = "GENCLUST_EMULATED_BF16"
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    """True when this CPU computes bf16 in hardware: AVX512-BF16 or AMX on x86 (AVX512 alone only
+    emulates it); elsewhere (e.g. ARM) whatever oneDNN reports."""
     try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
+    except (AttributeError, RuntimeError):  # an older or oneDNN-less build: no fast bf16 path known
         return False
+
+
+@functools.cache
+def _cuda_has_native_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def bf16_is_native(device_type: str) -> bool:
@@ -35,7 +44,7 @@ def bf16_is_native(device_type: str) -> bool:
     if device_type == "cpu":
         return cpu_has_native_bf16()
     if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return _cuda_has_native_bf16()
     return True  # other accelerators: trust the request
 
 
@@ -48,15 +57,21 @@ def use_bf16(device_type: str, what: str) -> bool:
         return True
     if what not in _warned:
         _warned.add(what)
-        log.warning("%s: bf16 requested, but this %s has no native bf16 (AVX512-BF16/AMX) and emulated bf16 "
-                    "is ~10x slower; running float32 instead (%s=1 keeps bf16)", what, device_type, ENV_FORCE)
+        hardware = "CPU has no native bf16 (AVX512-BF16/AMX)" if device_type == "cpu" else f"{device_type} has no bf16"
+        log.warning("%s: bf16 requested, but this %s and emulated bf16 is ~10x slower; running float32 instead "
+                    "(%s=1 keeps bf16)", what, hardware, ENV_FORCE)
     return False
 
 
 def trainer_precision(precision: str | int | None, accelerator: str | None) -> str | int | None:
-    """Lightning's ``trainer.precision`` with a bf16 setting replaced by "32-true" where bf16 is emulated."""
+    """Lightning's ``trainer.precision`` with a bf16 setting replaced by "32-true" when the run is on a CPU
+    that only emulates bf16. Accelerators are left to Lightning (and CUDA uninitialised before any fork)."""
     if precision is None or not str(precision).startswith("bf16"):
         return precision
     acc = str(accelerator or "auto")
-    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-    return precision if use_bf16("cuda" if on_gpu else "cpu", "trainer.precision") else "32-true"
+    mps = getattr(torch.backends, "mps", None)
+    on_cpu = acc == "cpu" or (acc == "auto" and not torch.cuda.is_available()
+                              and not (mps is not None and mps.is_available()))
+    if not on_cpu:
+        return precision
+    return precision if use_bf16("cpu", "trainer.precision") else "32-true"
