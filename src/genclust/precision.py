@@ -69,9 +69,8 @@ def trainer_precision(precision: str | int | None, accelerator: str | None) -> s
     if precision is None or not str(precision).startswith("bf16"):
         return precision
     acc = str(accelerator or "auto")
-    mps = getattr(torch.backends, "mps", None)
     on_cpu = acc == "cpu" or (acc == "auto" and not torch.cuda.is_available()
-                              and not (mps is not None and mps.is_available()))
+                              and not torch.backends.mps.is_available())
     if not on_cpu:
         return precision
     return precision if use_bf16("cpu", "trainer.precision") else "32-true"
