@@ -1,0 +1,61 @@
+"""Seed-0 reference assignments of every method on ``digits`` (smoke trainer): the refactor guard.
+
+``python -m tests.golden record`` runs each case and writes ``tests/data/golden_assignments.npz``; the
+test ``test_golden.py`` re-runs the same cases and compares. A case is (overrides, read-outs to record).
+Float kernels differ between CPU instruction sets (AVX2 vs AVX512), so the file records the host's
+capability and the comparison is exact on a host of the same capability only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "data" / "golden_assignments.npz"
+COMMON = ["dataset=digits", "trainer=smoke", "logger=none", "seed=0", "callbacks.evaluator.every_n_epochs=0",
+          "callbacks.evaluator.save_figures=false", "callbacks.evaluator.mode_samples=0"]
+
+# name -> overrides (fp32 everywhere: bf16 runs only on some hosts)
+CASES: dict[str, list[str]] = {
+    "clustergan": ["method=clustergan", "method.autocast=none", "trainer.limit_train_batches=6"],
+    "udc": ["method=udc", "method.autocast=none", "method.dim=16", "trainer.limit_train_batches=12"],
+    "hc_mgan": ["method=hc_mgan", "method.n_clusters=4", "method.n_refinements=1", "method.raw_epochs=2",
+                "method.refine_epochs=2"],
+}
+
+
+def cpu_capability() -> str:
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def run_case(name: str, out_dir: Path) -> dict[str, np.ndarray]:
+    """Train one case and return its assignments (argmax and every read-out) per eval split."""
+    from genclust.train import run
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(COMMON + CASES[name], output_dir=out_dir)
+    run(cfg)
+    arrays = dict(np.load(out_dir / "assignments.npz"))
+    return {f"{name}/{k}": v for k, v in arrays.items() if not k.endswith("/label")}
+
+
+def main() -> None:
+    import tempfile
+
+    if sys.argv[1:] != ["record"]:
+        sys.exit("usage: python -m tests.golden record")
+    out: dict[str, np.ndarray] = {"capability": np.array(cpu_capability())}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in CASES:
+            out.update(run_case(name, Path(tmp) / name))
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(GOLDEN, **out)
+    print(f"wrote {GOLDEN}: {sorted(out)}")
+
+
+if __name__ == "__main__":
+    main()
