@@ -3,27 +3,44 @@ of new data (argmax, k-means on the latent, Algorithm 1), figures and a smoke fi
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from genclust.errors import ConfigError
-from genclust.methods.clustergan import BatchNormNoScale, ClusterGAN
-from genclust.train import run
+from genclust.methods.clustergan import ClusterGAN
+from genclust.nets.dcgan import BatchNormNoScale
+from genclust.train import build_datamodule, run
 from tests.helpers import compose_cfg, options
 
-TINY = dict(g_fc=[32], g_channels=[16, 8], d_channels=[8, 16], d_fc=[32], mlp_hidden=[32, 32])
+TINY = {"nets.generator.fc": [32], "nets.generator.channels": [16, 8], "nets.generator.mlp_hidden": [32, 32],
+        "nets.critic.channels": [8, 16], "nets.critic.fc": [32], "nets.critic.mlp_hidden": [32, 32]}
 
 
-def make(img_shape=(1, 8, 8), k=10, **kw):
+def make(img_shape=(1, 8, 8), k=10, tiny=True, **kw):
+    """ClusterGAN from the real method config (tiny nets), with ``kw`` as dotted overrides of method.*."""
+    cfg = compose_cfg(["method=clustergan", "dataset=mnist_test"])  # no method_dataset pair settings
+    with open_dict(cfg):
+        cfg.method.img_shape, cfg.method.n_clusters = list(img_shape), k
+        cfg.method.readouts.kmeans_latent.n_clusters = k
+        for key, value in {**(TINY if tiny else {}), **kw}.items():
+            OmegaConf.update(cfg.method, key, value, merge=False)
     torch.manual_seed(0)
-    return ClusterGAN(k, list(img_shape), **{**TINY, **kw})
+    try:
+        return instantiate(cfg.method, _convert_="all")
+    except InstantiationException as err:  # the constructor's own error (as train.py reports it)
+        raise err.__cause__ from None
 
 
 def composed(overrides, tmp_path=None):
     return compose_cfg(["method=clustergan", *overrides], output_dir=tmp_path)
+
+
+TINY_OVERRIDES = [f"method.{k}={json.dumps(v)}" for k, v in TINY.items()]
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -36,16 +53,19 @@ def test_experiments_compose_with_paper_settings(experiment):
                 "clustergan_synthetic": (6, 10.0)}.get(experiment)
     if expected:
         assert (m.latent_dim, float(m.hparams.beta_n)) == expected
-        assert m.sigma == 0.10 and m.n_critic == 5 and m.hparams.lr == 1e-4  # §2.3, §6.2
+        assert m.sigma == 0.10 and m.n_critic == 5 and m.optim_factories["generator"].keywords["lr"] == 1e-4
 
 
 def test_method_defaults_are_the_papers():
     m = instantiate(composed(["dataset=mnist_test"]).method, _convert_="all")
     hp = m.hparams
-    assert (m.sigma, m.n_critic, hp.gp_weight, hp.lr, list(hp.betas), m.batch_size) == (0.1, 5, 10.0, 1e-4,
-                                                                                         [0.5, 0.9], 64)
-    assert (hp.beta_n, hp.beta_c, m.latent_dim, m.clustering) == (10.0, 10.0, 30, "argmax")
-    assert not hp.gp_per_sample_alpha and hp.g_act == "relu" and hp.precision == "32"
+    for player in ("critic", "generator"):
+        kw = m.optim_factories[player].keywords
+        assert (kw["lr"], list(kw["betas"])) == (1e-4, [0.5, 0.9])  # §6.2
+    assert (m.sigma, m.n_critic, m.gp["weight"], m.batch_size) == (0.1, 5, 10.0, 64)
+    assert (hp.beta_n, hp.beta_c, m.latent_dim, m.clustering, hp.zn_reduction) == (10.0, 10.0, 30, "argmax", "mean")
+    assert not m.gp["per_sample_alpha"] and m.autocast_request == "none"
+    assert m.describe()["paper_deviations"] == {}
 
 
 # -------------------------------------------------------------------------------------------- nets
@@ -60,11 +80,11 @@ def test_net_shapes_every_input_size(shape):
     assert x.min() >= 0 and x.max() <= 1  # sigmoid for [0, 1] data
     assert m.critic(x).shape == (n, 1)
     assert m.encoder(x).shape == (n, m.latent_dim + 4)
-    assert m.arch == ("conv" if len(shape) == 3 else "mlp")
+    assert m.conv == (len(shape) == 3)
 
 
 def test_mnist_nets_follow_the_supplementary_table():
-    m = ClusterGAN(10, [1, 28, 28])  # full size: FC 1024, 7x7x128, 'SAME' convs 28 -> 14 -> 7
+    m = make((1, 28, 28), tiny=False)  # full size: FC 1024, 7x7x128, 'SAME' convs 28 -> 14 -> 7
     g = [type(layer).__name__ for layer in m.generator.net]
     assert g[:3] == ["Linear", "BatchNormNoScale", "ReLU"]
     assert m.generator.net[0].out_features == 1024 and m.generator.net[3].out_features == 7 * 7 * 128
@@ -77,11 +97,13 @@ def test_mnist_nets_follow_the_supplementary_table():
 
 def test_bad_sizes_are_config_errors():
     with pytest.raises(ConfigError, match="divisible"):
-        ClusterGAN(10, [1, 10, 10])
+        make((1, 10, 10))
     with pytest.raises(ConfigError, match="backprop"):
-        ClusterGAN(10, [1, 8, 8], use_encoder=False)
+        make(use_encoder=False)
     with pytest.raises(ConfigError, match="clustering"):
-        ClusterGAN(10, [1, 8, 8], clustering="nope")
+        make(clustering="nope")
+    with pytest.raises(ConfigError, match="zn_reduction"):
+        make(zn_reduction="max")
 
 
 # ------------------------------------------------------------------------------------ prior/losses
@@ -111,6 +133,26 @@ def test_generator_loss_is_algorithm_2():
     assert {"train/loss_zn", "train/loss_zc", "train/loss_g_adv"} <= set(logs)
 
 
+def test_zn_reduction_sum_is_eq_1():
+    """zn_reduction=sum sums the squared error over the d_n dims: d_n times the official mean."""
+    m = make(k=4, zn_reduction="sum")
+    a, b = torch.randn(5, m.latent_dim), torch.randn(5, m.latent_dim)
+    assert torch.allclose(m.zn_loss(a, b), ((a - b) ** 2).sum(1).mean())
+    assert torch.allclose(m.zn_loss(a, b), m.latent_dim * F.mse_loss(a, b))
+
+
+def test_batch_statistics_at_inference_option():
+    """bn_eval_stats=batch (official code) normalises an eval batch by its own statistics, running ones untouched."""
+    m = make(k=4, **{"nets.generator.bn_eval_stats": "batch"}).eval()
+    bn = next(mod for mod in m.generator.modules() if isinstance(mod, BatchNormNoScale))
+    running = bn.bn.running_mean.clone()
+    x = torch.randn(16, bn.bn.num_features) * 3 + 5
+    y = bn(x)
+    assert torch.allclose(y.mean(0), bn.bias, atol=1e-4) and torch.equal(bn.bn.running_mean, running)
+    bn.eval_stats = "running"
+    assert not torch.allclose(bn(x).mean(0), bn.bias, atol=1e-2)
+
+
 def test_zn_unit_scale_is_a_reparametrisation():
     m = make(k=4, zn_unit_scale=True).eval()
     z, z_n, _ = m.sample_z(6)
@@ -125,7 +167,7 @@ def test_zn_unit_scale_is_a_reparametrisation():
 
 
 def test_critic_loss_sign_and_lazy_penalty():
-    m = make(k=4, gp_every=3)
+    m = make(k=4, **{"gradient_penalty.every": 3})
     real = torch.rand(8, 1, 8, 8)
     m._gp_calls = 0
     _, logs = m.critic_loss(real)
@@ -140,7 +182,7 @@ def test_training_schedule_counts_critic_and_generator_steps(tmp_path):
     cfg = composed(["dataset=digits", "trainer=smoke", "trainer.limit_train_batches=10",
                     "callbacks.evaluator.every_n_epochs=0", "method.batch_size=32",
                     "method.n_critic=5",  # the paper's; the digits pair config (the default job) uses 1
-                    *[f"method.{k}={json.dumps(v)}" for k, v in TINY.items()]], tmp_path)
+                    *TINY_OVERRIDES], tmp_path)
     result = run(cfg)
     info = result["method_info"]
     assert info["critic_steps"] == 10 and info["generator_steps"] == 2  # 5 critic steps per G step
@@ -154,31 +196,38 @@ def test_training_schedule_counts_critic_and_generator_steps(tmp_path):
 
 
 def test_kmeans_latent_clusters_new_data_and_reloads(tmp_path):
-    cfg = composed(["dataset=digits", "trainer=smoke", "callbacks.evaluator.every_n_epochs=0",
-                    "method.clustering=kmeans_latent", "method.kmeans_n_init=2", "method.n_critic=1",
-                    *[f"method.{k}={json.dumps(v)}" for k, v in TINY.items()]], tmp_path)
+    cfg = composed(["dataset=digits", "trainer=smoke", "callbacks.evaluator.every_n_epochs=1",
+                    "method.clustering=kmeans_latent", "method.readouts.kmeans_latent.n_init=2", "method.n_critic=1",
+                    *TINY_OVERRIDES], tmp_path)
     result = run(cfg)
-    assert result["method_info"]["kmeans_fitted_at_generator_step"] == result["method_info"]["generator_steps"]
-    state = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert result["readouts"]["kmeans_latent"]["fitted"] and result["history"]  # refitted for the epoch eval too
+    state = torch.load(tmp_path / "model.pt", weights_only=True)  # fitted centers travel as extra state
     m2 = instantiate(cfg.method, _convert_="all")
     m2.load_state_dict(state["state_dict"])
     m2.eval()
     x = torch.rand(12, 1, 8, 8)
     with torch.no_grad():
-        p = m2.cluster_probs(x)
+        p, labels = m2.assign(x)
     assert p.shape == (12, 10) and torch.allclose(p.sum(1), torch.ones(12), atol=1e-5)
-    assert int(m2.kmeans_fitted_at) >= 0
+    assert torch.equal(labels, p.argmax(1))
+    saved = np.load(tmp_path / "assignments.npz")
+    test_x = build_datamodule(cfg, m2)
+    test_x.setup("fit")
+    again = m2.predict_in_batches(test_x.eval_sets["test"].x)
+    np.testing.assert_array_equal(again["labels"].numpy(), saved["test/cluster"])
+    np.testing.assert_array_equal(again["kmeans_latent/labels"].numpy(), saved["test/kmeans_latent/cluster"])
 
 
 def test_kmeans_latent_features_follow_beta_n():
-    assert make(k=5, clustering="kmeans_latent", beta_n=0.0).kmeans_centers.shape == (5, 5)
-    m = make(k=5, clustering="kmeans_latent")
-    assert m.kmeans_centers.shape == (5, m.latent_dim + 5)
+    assert make(k=5, beta_n=0.0).embed(torch.rand(3, 1, 8, 8), "latent").shape == (3, 5)
+    m = make(k=5)
     x = torch.rand(40, 1, 8, 8)
-    m.fit_kmeans(x)
+    assert m.embed(x, "latent").shape == (40, m.latent_dim + 5)
+    m.fit_readouts(x)
     with torch.no_grad():
-        p = m.cluster_probs(x)
-    assert torch.allclose(p.sum(1), torch.ones(40), atol=1e-5)
+        out = m.predict_batch(x)
+    assert torch.allclose(out["kmeans_latent/probs"].sum(1), torch.ones(40), atol=1e-5)
+    assert out["kmeans_latent/labels"].max() < 5
 
 
 # ------------------------------------------------------------------------------------- inference
@@ -193,7 +242,7 @@ def test_argmax_probs_are_softmax_of_zc_logits():
 
 def test_backprop_decoding_recovers_the_generating_mode():
     """Algorithm 1 on images drawn from G itself: the restart with the true z_c should win."""
-    m = make(k=4, inference="backprop", use_encoder=False, bp_iters=60, bp_batch_size=5).eval()
+    m = make(k=4, inference="backprop", use_encoder=False, **{"backprop.iters": 60, "backprop.batch_size": 5}).eval()
     with torch.no_grad():  # an untrained G barely depends on z_c: make its modes distinct
         m.generator.net[0].weight[:, m.latent_dim:] *= 100
         z, _, k = m.sample_z(10)
@@ -218,8 +267,8 @@ def test_sample_shapes_and_range():
 
 def test_bf16_autocast_trains_finite(monkeypatch):
     monkeypatch.setenv("GENCLUST_EMULATED_BF16", "1")  # the bf16 path also on CPUs without native bf16
-    m = make(k=4, precision="bf16")
-    assert m._bf16()
+    m = make(k=4, autocast="bf16")
+    assert m.autocast_active()
     loss_d, _ = m.critic_loss(torch.rand(8, 1, 8, 8))
     loss_g, _ = m.generator_loss(8)
     assert torch.isfinite(loss_d) and torch.isfinite(loss_g) and loss_d.dtype == torch.float32
@@ -230,7 +279,8 @@ def test_synthetic_smoke_fit(tmp_path):
                        "trainer.max_epochs=1",
                        "callbacks.evaluator.every_n_epochs=0"], output_dir=tmp_path)
     with open_dict(cfg):
-        cfg.method.mlp_hidden = [32, 32]
+        cfg.method.nets.generator.mlp_hidden = [32, 32]
+        cfg.method.nets.critic.mlp_hidden = [32, 32]
     result = run(cfg)
     assert result["method_info"]["arch"] == "mlp" and result["method_info"]["generator_steps"] == 2
     assert not (tmp_path / "figures" / "clustergan_modes.png").exists()
@@ -239,7 +289,7 @@ def test_synthetic_smoke_fit(tmp_path):
 def test_weight_average_follows_training_and_serves_inference(tmp_path):
     cfg = composed(["dataset=digits", "trainer=smoke", "trainer.limit_train_batches=6",
                     "callbacks.evaluator.every_n_epochs=0", "method.n_critic=1", "method.ema_decay=0.9",
-                    *[f"method.{k}={json.dumps(v)}" for k, v in TINY.items()]], tmp_path)
+                    *TINY_OVERRIDES], tmp_path)
     result = run(cfg)
     assert result["method_info"]["paper_deviations"]["ema_decay"] == 0.9
     state = torch.load(tmp_path / "model.pt", weights_only=False)["state_dict"]

@@ -10,6 +10,7 @@ with one warning; ``GENCLUST_EMULATED_BF16=1`` keeps bf16 anyway (to reproduce b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -74,3 +75,27 @@ def trainer_precision(precision: str | int | None, accelerator: str | None) -> s
     if not on_cpu:
         return precision
     return precision if use_bf16("cpu", "trainer.precision") else "32-true"
+
+
+AUTOCAST_MODES = ("none", "bf16")
+
+
+def check_autocast(request: str, what: str = "method.autocast") -> str:
+    """Validate a ``method.autocast`` value (one config key for every method)."""
+    if request not in AUTOCAST_MODES:
+        from genclust.errors import ConfigError
+
+        raise ConfigError(f"{what} must be one of {'|'.join(AUTOCAST_MODES)}, got {request!r}")
+    return request
+
+
+def autocast_active(device_type: str, request: str, what: str = "method.autocast") -> bool:
+    """Whether a ``method.autocast`` request runs bf16 on ``device_type`` (False: float32, see ``use_bf16``)."""
+    return request == "bf16" and use_bf16(device_type, what)
+
+
+def autocast(device_type: str, request: str, what: str = "method.autocast"):
+    """The one autocast context of every method: bf16 where requested and native, else a no-op."""
+    if autocast_active(device_type, request, what):
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

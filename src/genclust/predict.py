@@ -3,7 +3,8 @@
 RUN_DIR is a run folder (its ``.hydra/config.yaml`` and ``model.pt``) or a Lightning checkpoint
 inside one (``RUN_DIR/checkpoints/last.ckpt``). The dataset defaults to the training dataset;
 ``--dataset`` takes any dataset config with the same image shape. Writes ``assignments.npz``
-(per eval split: index, cluster, probs, label) and prints the metrics.
+(per eval split: index, cluster, probs, label, and each read-out's cluster/probs, read-outs as fitted at
+the end of training) and prints the metrics.
 """
 
 from __future__ import annotations
@@ -78,11 +79,16 @@ def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, 
                               data_dir=data_dir or cfg.paths.data_dir, download=cfg.paths.download, drop_last=False)
     dm.setup("predict")
     predictions, result = {}, {}
+    same_data = dm.name == cfg.dataset.name  # the training examples keep their fit-set index (stored state)
     for split, data in dm.eval_sets.items():
-        probs, labels = predict_set(method, data)
-        predictions[split] = (probs, labels)
-        report = clustering_report(data.y.numpy(), labels.numpy())
+        pred = predict_set(method, data, fit_set=dm.fit_set if same_data else None)
+        predictions[split] = pred
+        report = clustering_report(data.y.numpy(), pred["labels"].numpy())
         result[split] = {k: report[k] for k in ("acc", "nmi", "ari")} | {"n": len(data)}
+        for name in method.readouts:
+            if f"{name}/labels" in pred:
+                r = clustering_report(data.y.numpy(), pred[f"{name}/labels"].numpy())
+                result[split][name] = {k: r[k] for k in ("acc", "nmi", "ari", "fraction_labeled", "clusters_found")}
     out = out or run_dir / "predictions" / f"{dm.name}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     save_assignments(out, dm, predictions)

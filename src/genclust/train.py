@@ -121,16 +121,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was saved before it"
         raise DivergenceError(f"{err}; training stopped ({kept})") from err
 
+    # Lightning's teardown moved the model to the CPU; fit the read-outs and evaluate (and gather, NCCL
+    # included) on the device it trained on. Read-outs (k-means / UMAP+HDBSCAN / tree cuts on an
+    # embedding) are fitted once, on the fit set, now.
+    if trainer is not None:
+        method.to(trainer.strategy.root_device)
+    method.fit_readouts(datamodule.fit_set.x, evaluator.batch_size)
+
     extra = {"method": cfg.get("method_name"), "dataset": datamodule.name, "seed": cfg.seed,
              "run_dir": str(run_dir)}
     if trainer is not None:
         extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step,
                      precision=str(trainer.precision))
     step = trainer.global_step if trainer is not None else 0
-    if trainer is not None:
-        # Lightning's teardown moved the model to the CPU; evaluate (and gather, NCCL included) on the
-        # device it trained on.
-        method.to(trainer.strategy.root_device)
     result = evaluator.final(method, datamodule, loggers=loggers, extra=extra, step=step)
     if trainer is None or trainer.is_global_zero:
         torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},

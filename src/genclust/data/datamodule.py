@@ -4,8 +4,10 @@
   (``__getitems__``), not per-item ``__getitem__`` + collate.
 * Training batches are ``(x, idx)``: labels never reach training code. ``idx`` is the
   example's position in ``fit_set`` (per-example state and DDP gathering are keyed by it).
-* ``set_sample_weights(w)`` switches to HC-MGAN's sampling: i.i.d. draws with replacement
-  in proportion to ``w``, an epoch being ``floor(sum(w) / batch)`` batches (authors' code).
+* Weighted sampling is a sampler hook: when the training module's ``sampling_weights()`` returns
+  weights ``w`` (HC-MGAN's P_{s_k}), batches are i.i.d. draws with replacement in proportion to ``w``,
+  an epoch being ``floor(sum(w) / batch)`` batches (authors' code); ``set_sample_weights(w)`` sets
+  them by hand (tests, scripts). None: uniform shuffling.
 * ``eval_sets`` (split -> :class:`TensorSet` with labels) are what the evaluator scores;
   ``protocol()`` states which parts were clustered and which were scored.
 """
@@ -150,30 +152,42 @@ class ClusteringDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------- sampling
     def set_sample_weights(self, weights: Tensor | None) -> None:
         """Draw training batches in proportion to ``weights`` (None: uniform shuffling)."""
-        if weights is None:
-            self.sample_weights = None
-            return
+        self.sample_weights = None if weights is None else self._checked_weights(weights)
+
+    def _checked_weights(self, weights: Tensor) -> Tensor:
         assert self.fit_set is not None, "call setup() first"
         w = torch.as_tensor(weights, dtype=torch.float64).detach().cpu().flatten()
         if len(w) != len(self.fit_set):
             raise ValueError(f"{len(w)} sample weights for {len(self.fit_set)} examples")
         if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0.0:
             raise ValueError("sample weights must be finite, non-negative and not all zero")
-        self.sample_weights = w
+        return w
 
-    def batches_per_epoch(self) -> int:
+    def current_weights(self) -> Tensor | None:
+        """The sampling weights in force: the training module's ``sampling_weights()`` hook, else the
+        ones set by hand (``set_sample_weights``), else None (uniform)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        hook = getattr(module, "sampling_weights", None)
+        weights = hook() if callable(hook) else None
+        return self._checked_weights(weights) if weights is not None else self.sample_weights
+
+    def batches_per_epoch(self, weights: Tensor | None = None) -> int:
+        """Batches in one epoch (with ``weights``, or the weights in force)."""
         assert self.fit_set is not None, "call setup() first"
-        if self.sample_weights is not None:
-            return max(1, math.floor(float(self.sample_weights.sum()) / self.batch_size))
+        weights = self.current_weights() if weights is None else weights
+        if weights is not None:
+            return max(1, math.floor(float(weights.sum()) / self.batch_size))
         n = len(self.fit_set)
         return max(1, n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size))
 
     def train_dataloader(self) -> DataLoader:
         assert self.fit_set is not None, "call setup() first"
         dataset = _IndexedTensor(self.fit_set.x)
-        if self.sample_weights is not None:
-            n_draws = self.batches_per_epoch() * self.batch_size
-            sampler = WeightedRandomSampler(self.sample_weights, n_draws, replacement=True)
+        weights = self.current_weights()
+        if weights is not None:
+            n_draws = self.batches_per_epoch(weights) * self.batch_size
+            sampler = WeightedRandomSampler(weights, n_draws, replacement=True)
         else:
             sampler = RandomSampler(dataset)
         # a set smaller than one batch still trains (one short batch) instead of silently skipping

@@ -37,31 +37,35 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def predict_set(module: ClusteringMethod, data: TensorSet, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-    """(probs [N, K], labels [N]) for every example of ``data``, in index order, on every rank.
+def predict_set(module: ClusteringMethod, data: TensorSet, batch_size: int = 1024,
+                fit_set: TensorSet | None = None) -> dict[str, Tensor]:
+    """Every assignment (``probs``, ``labels``, ``<readout>/labels``, ...) of every example of ``data``, in index
+    order, on every rank. ``fit_set``: when ``data`` is the fit set, the method also gets each row's fit-set
+    index (``idx``; methods with per-example state score training examples from it).
 
-    Under DDP each rank predicts a strided shard padded to equal length (as a
-    DistributedSampler does), the shards are all-gathered with their dataset indices, and the
-    padded duplicates are dropped by index: the result equals single-process prediction.
+    Under DDP each rank predicts a strided shard padded to equal length (as a DistributedSampler does),
+    the shards are all-gathered with their dataset indices, and the padded duplicates are dropped by
+    index: the result equals single-process prediction.
     """
     rank, world = _dist_info()
     n = len(data)
+    is_fit = fit_set is not None and data.x is fit_set.x
     if world == 1:
-        return module.assign_in_batches(data.x, batch_size)
+        return module.predict_in_batches(data.x, data.idx if is_fit else None, batch_size)
     per_rank = math.ceil(n / world)
     positions = torch.arange(rank, n, world)
     if len(positions) < per_rank:  # pad with a repeat, like DistributedSampler(drop_last=False)
         positions = torch.cat([positions, positions[: per_rank - len(positions)]])
-    probs, labels = module.assign_in_batches(data.x[positions], batch_size)
+    local = module.predict_in_batches(data.x[positions], data.idx[positions] if is_fit else None, batch_size)
     # NCCL gathers CUDA tensors only (the module may sit on the CPU after Lightning's teardown)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     gathered = {}
-    for name, t in (("idx", data.idx[positions]), ("probs", probs), ("labels", labels)):
+    for name, t in (("idx", data.idx[positions]), *sorted(local.items())):
         t = t.to(device).contiguous()
         bucket = [torch.empty_like(t) for _ in range(world)]
         dist.all_gather(bucket, t)
         gathered[name] = torch.cat(bucket).cpu()
-    idx = gathered["idx"]
+    idx = gathered.pop("idx")
     order = torch.argsort(idx, stable=True)
     idx_sorted = idx[order]
     first = torch.ones_like(idx_sorted, dtype=torch.bool)
@@ -69,7 +73,7 @@ def predict_set(module: ClusteringMethod, data: TensorSet, batch_size: int = 102
     keep = order[first]
     if len(keep) != n:
         raise RuntimeError(f"gathered {len(keep)} unique indices for {n} examples")
-    return gathered["probs"][keep], gathered["labels"][keep]
+    return {k: v[keep] for k, v in gathered.items()}
 
 
 @torch.no_grad()
@@ -123,15 +127,24 @@ class ClusteringEvaluator(Callback):
 
     # ------------------------------------------------------------ evaluation
     def evaluate(self, module: ClusteringMethod, datamodule: ClusteringDataModule
-                 ) -> tuple[dict[str, float], dict[str, tuple[Tensor, Tensor]]]:
-        """Metrics ``{eval/<split>/<metric>: value}`` and predictions ``{split: (probs, labels)}``."""
+                 ) -> tuple[dict[str, float], dict[str, dict[str, Tensor]]]:
+        """Metrics ``{eval/<split>/<metric>: value}`` (read-outs: ``eval/<split>/<readout>/<metric>``) and
+        predictions ``{split: {probs, labels, <readout>/labels, ...}}``."""
         metrics: dict[str, float] = {}
-        predictions: dict[str, tuple[Tensor, Tensor]] = {}
+        predictions: dict[str, dict[str, Tensor]] = {}
+        sync = getattr(module, "sync_example_state", None)
+        if callable(sync):  # per-example state written on other DDP ranks (a collective: every rank runs it)
+            sync()
         for split, data in datamodule.eval_sets.items():
-            probs, labels = predict_set(module, data, self.batch_size)
-            predictions[split] = (probs, labels)
-            for key, value in clustering_report(data.y.numpy(), labels.numpy()).items():
+            pred = predict_set(module, data, self.batch_size, datamodule.fit_set)
+            predictions[split] = pred
+            y = data.y.numpy()
+            for key, value in clustering_report(y, pred["labels"].numpy()).items():
                 metrics[f"eval/{split}/{key}"] = value
+            for name in module.readouts:
+                if f"{name}/labels" in pred:
+                    report = clustering_report(y, pred[f"{name}/labels"].numpy())
+                    metrics.update({f"eval/{split}/{name}/{k}": v for k, v in report.items()})
         primary = next(iter(datamodule.eval_sets))
         if self.mode_samples > 0 and module.generative and datamodule.kind == "image":
             modes = score_modes(module, datamodule.eval_sets[primary], self.mode_samples, self.mode_reference)
@@ -150,6 +163,8 @@ class ClusteringEvaluator(Callback):
         datamodule = trainer.datamodule
         if not isinstance(datamodule, ClusteringDataModule) or not isinstance(pl_module, ClusteringMethod):
             return
+        if pl_module.clustering != "argmax":  # a read-out as the primary assignment follows the model: refit it
+            pl_module.fit_readouts(datamodule.fit_set.x, self.batch_size)  # explicitly, on the fit set
         metrics, _ = self.evaluate(pl_module, datamodule)
         record = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                   "elapsed_s": round(time.perf_counter() - self.started, 2), **metrics}
@@ -165,11 +180,7 @@ class ClusteringEvaluator(Callback):
         """Final evaluation: metrics.json, assignments.npz and figures in ``output_dir`` (rank zero)."""
         loggers = list(loggers)
         metrics, predictions = self.evaluate(module, datamodule)
-        for split, data in datamodule.eval_sets.items():  # e.g. ClusterGAN's k-means-on-latent beside argmax
-            for name, labels in module.extra_assignments(data.x, self.batch_size).items():
-                report = clustering_report(data.y.numpy(), labels.cpu().numpy())
-                metrics.update({f"eval/{split}/{name}/{k}": report[k] for k in ("acc", "nmi", "ari", "purity")})
-        curve = self.per_k_curve(module, datamodule)
+        curve = self.per_k_curve(module, metrics, datamodule)
         primary = next(iter(datamodule.eval_sets))
         result: dict[str, Any] = {k: metrics[f"eval/{primary}/{k}"] for k in
                                   ("acc", "nmi", "ari", "purity", "mean_class_acc", "fraction_labeled",
@@ -179,6 +190,8 @@ class ClusteringEvaluator(Callback):
         result.update(extra or {})
         result["protocol"] = datamodule.protocol()
         result["method_info"] = module.describe()
+        if len(module.readouts):
+            result["readouts"] = module.readout_info()
         result["metric_definitions"] = DEFINITIONS
         if curve:
             result["per_k"] = curve
@@ -196,31 +209,30 @@ class ClusteringEvaluator(Callback):
                 _log_images(loggers, paths)
         return result
 
-    def per_k_curve(self, module: ClusteringMethod, datamodule: ClusteringDataModule) -> list[dict[str, Any]]:
-        """Metrics at every number of clusters a hierarchical method can cut its tree at."""
-        ks = module.available_k()
-        if not ks:
-            return []
+    @staticmethod
+    def per_k_curve(module: ClusteringMethod, metrics: Mapping[str, float],
+                    datamodule: ClusteringDataModule) -> list[dict[str, Any]]:
+        """Metrics at every number of clusters a hierarchy is cut at (read-outs with ``cut_k``)."""
         curve = []
-        for k in ks:
-            row: dict[str, Any] = {"k": k}
-            for split, data in datamodule.eval_sets.items():
-                probs = module.probs_at_k(data.x, k, self.batch_size)
-                report = clustering_report(data.y.numpy(), probs.argmax(1).numpy())
-                row.update({f"{split}/{m}": report[m] for m in ("acc", "nmi", "ari", "purity")})
+        for name, readout in module.readouts.items():
+            if readout.cut_k is None or f"eval/{next(iter(datamodule.eval_sets))}/{name}/acc" not in metrics:
+                continue
+            row: dict[str, Any] = {"k": readout.cut_k, "readout": name}
+            for split in datamodule.eval_sets:
+                row.update({f"{split}/{m}": metrics[f"eval/{split}/{name}/{m}"] for m in ("acc", "nmi", "ari", "purity")})
             curve.append(row)
-        return curve
+        return sorted(curve, key=lambda r: r["k"])
 
     def figures(self, module: ClusteringMethod, datamodule: ClusteringDataModule,
-                predictions: Mapping[str, tuple[Tensor, Tensor]]) -> list[Path]:
+                predictions: Mapping[str, Mapping[str, Tensor]]) -> list[Path]:
         from genclust.viz.figures import confusion_figure, sample_grid
 
         assert self.output_dir is not None
         fig_dir = self.output_dir / "figures"
         fig_dir.mkdir(exist_ok=True)
         paths = []
-        for split, (_, labels) in predictions.items():
-            paths.append(confusion_figure(datamodule.eval_sets[split].y.numpy(), labels.numpy(),
+        for split, pred in predictions.items():
+            paths.append(confusion_figure(datamodule.eval_sets[split].y.numpy(), pred["labels"].numpy(),
                                           fig_dir / f"confusion_{split}.png", title=f"{datamodule.name} / {split}"))
         if module.generative and datamodule.kind == "image":
             path = sample_grid(module, self.samples_per_cluster, fig_dir / "samples_per_cluster.png")
@@ -234,15 +246,21 @@ class ClusteringEvaluator(Callback):
 
 
 def save_assignments(path: Path, datamodule: ClusteringDataModule,
-                     predictions: Mapping[str, tuple[Tensor, Tensor]]) -> None:
-    """``<split>/index``, ``<split>/cluster``, ``<split>/probs`` (and ``<split>/label``) per eval split."""
+                     predictions: Mapping[str, Mapping[str, Tensor]]) -> None:
+    """Per eval split: ``<split>/index``, ``<split>/cluster`` and ``<split>/probs`` (the primary assignment),
+    ``<split>/label``, and per read-out ``<split>/<readout>/cluster`` (-1 = noise) and ``.../probs``."""
     arrays: dict[str, np.ndarray] = {}
-    for split, (probs, labels) in predictions.items():
+    for split, pred in predictions.items():
         data = datamodule.eval_sets[split]
         arrays[f"{split}/index"] = data.idx.numpy()
-        arrays[f"{split}/cluster"] = labels.numpy()
-        arrays[f"{split}/probs"] = probs.numpy().astype(np.float32)
+        arrays[f"{split}/cluster"] = pred["labels"].numpy()
+        arrays[f"{split}/probs"] = pred["probs"].numpy().astype(np.float32)
         arrays[f"{split}/label"] = data.y.numpy()
+        for key, value in pred.items():
+            if "/" in key:
+                name, kind = key.rsplit("/", 1)
+                arrays[f"{split}/{name}/{'cluster' if kind == 'labels' else kind}"] = (
+                    value.numpy() if kind == "labels" else value.numpy().astype(np.float32))
     np.savez_compressed(path, **arrays)
 
 

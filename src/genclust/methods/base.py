@@ -2,30 +2,48 @@
 
 Evaluation, prediction, figures and the summarizer talk only to this class:
 
-* ``n_clusters`` and ``cluster_probs(x) -> [N, K]`` (soft assignment, rows sum to one);
-  ``cluster_labels(x)`` is its argmax unless a method can call a point noise (label -1).
+* ``n_clusters`` and ``cluster_probs(x, idx=None) -> [N, K]`` (soft assignment, rows sum to one);
+  ``cluster_labels(x, idx=None)`` is its argmax unless a method can call a point noise (label -1).
+  ``idx`` is the fit-set index of each row when the rows *are* fit-set examples (None for new data):
+  a method with per-example state (CGM's stored latents) scores training examples from it.
+* **read-outs** (``genclust.readouts``): declared in the config (``method.readouts``), each reads one
+  embedding of the method (``embed(x, name)``), is fitted once on the fit set after training
+  (``fit_readouts``) and saved with the model; ``method.clustering: <name>`` makes one the primary
+  assignment. K may be discovered; -1 is noise.
 * ``sample(n, cluster=None)`` returns images in the method's pixel range (generative methods).
 * ``fit_method(make_trainer, datamodule, ckpt_path)`` trains; the default is one ``trainer.fit``.
   Multi-stage methods (HC-MGAN's tree) override it and call ``make_trainer()`` once per stage.
+* networks and optimizers come from the config: ``method.nets.<player>`` are ``_partial_`` net
+  factories (the method supplies the shape arguments it owns), ``method.optim.<player>`` ``_partial_``
+  optimizers; ``configure_optimizers`` builds one per name in ``optimizer_names()`` over
+  ``player_parameters(name)``.
 * ``update(optimizer_name, loss)`` is the only place that runs toggle -> zero_grad ->
   manual_backward -> step -> untoggle, and it watches the losses for NaN/inf.
+* ``autocast()``: the one bf16 switch (``method.autocast: none|bf16``, honoured where bf16 is native).
+* ``sampling_weights()``: a method that draws its real batches non-uniformly (HC-MGAN's P_{s_k})
+  returns per-example weights; the datamodule's sampler follows them.
 
 Training batches are ``(x, idx)``: labels never reach a method's training code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from genclust.data.datamodule import PIXEL_RANGES
 from genclust.errors import ConfigError, DivergenceError
+from genclust.nets.blocks import eval_mode
+from genclust.precision import autocast, autocast_active, check_autocast
+from genclust.readouts import Readout
 
-PIXEL_RANGES = ("unit", "tanh")  # unit: [0, 1] (sigmoid generators); tanh: [-1, 1]
+NetFactory = Callable[..., nn.Module]
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 class ClusteringMethod(pl.LightningModule):
@@ -33,8 +51,6 @@ class ClusteringMethod(pl.LightningModule):
 
     #: True for methods that can draw images (sample grids, per-cluster grids).
     generative: bool = False
-    #: Methods that store per-example state keyed by the dataset index set this.
-    needs_dataset_size: bool = False
 
     def __init__(
         self,
@@ -43,6 +59,11 @@ class ClusteringMethod(pl.LightningModule):
         batch_size: int = 64,
         pixel_range: str = "unit",
         divergence_check_every: int = 50,
+        nets: Mapping[str, NetFactory] | None = None,
+        optim: Mapping[str, OptimizerFactory] | None = None,
+        readouts: Mapping[str, Readout] | None = None,
+        clustering: str = "argmax",
+        autocast: str = "none",
     ) -> None:
         super().__init__()
         if int(n_clusters) < 1:
@@ -57,18 +78,30 @@ class ClusteringMethod(pl.LightningModule):
         self.batch_size = int(batch_size)
         self.pixel_range = pixel_range
         self.divergence_check_every = int(divergence_check_every)
+        self.net_factories: dict[str, NetFactory] = dict(nets or {})
+        self.optim_factories: dict[str, OptimizerFactory] = dict(optim or {})
+        self.readouts = nn.ModuleDict(dict(readouts or {}))
+        if clustering != "argmax" and clustering not in self.readouts:
+            raise ConfigError(f"clustering must be 'argmax' or one of the read-outs {sorted(self.readouts)}, "
+                              f"got {clustering!r}")
+        self.clustering = clustering
+        self.autocast_request = check_autocast(autocast)
         # Accumulates "some loss was not finite" without a host sync per step.
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
         self._nonfinite_names: list[str] = []
 
     # ------------------------------------------------------------------ contract
-    def cluster_probs(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        """Soft assignment [N, K] of images ``x`` (in the method's pixel range)."""
+    def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
+        """Soft assignment [N, K] of images ``x`` (in the method's pixel range); ``idx``: fit-set indices or None."""
         raise NotImplementedError(f"{type(self).__name__} must implement cluster_probs")
 
-    def cluster_labels(self, x: Tensor) -> Tensor:
+    def cluster_labels(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         """Hard assignment [N]; -1 marks noise for methods that can abstain."""
-        return self.cluster_probs(x).argmax(dim=1)
+        return self.cluster_probs(x, idx).argmax(dim=1)
+
+    def embed(self, x: Tensor, name: str) -> Tensor:
+        """The embedding ``name`` of ``x`` that read-outs read (e.g. ClusterGAN's 'latent')."""
+        raise ConfigError(f"{type(self).__name__} has no embedding {name!r} for a read-out")
 
     def sample(self, n: int, cluster: int | None = None) -> Tensor | None:
         """``n`` generated images (of mode ``cluster`` if given), or None if not generative."""
@@ -92,6 +125,42 @@ class ClusteringMethod(pl.LightningModule):
     def describe(self) -> dict[str, Any]:
         """Extra facts recorded in metrics.json (e.g. the inference mode used)."""
         return {}
+
+    # ------------------------------------------------------------ nets and optimizers
+    def build_net(self, player: str, **shape_args: Any) -> nn.Module:
+        """The network of ``player`` from its config factory (``method.nets.<player>``) and the shape
+        arguments the method owns (input/output sizes)."""
+        if player not in self.net_factories:
+            raise ConfigError(f"{type(self).__name__}: no network configured for {player!r} (method.nets.{player})")
+        return self.net_factories[player](**shape_args)
+
+    def make_optimizer(self, player: str, params: Iterable[nn.Parameter] | None = None) -> torch.optim.Optimizer:
+        """The optimizer of ``player`` (``method.optim.<player>``) over ``params`` (default: its own)."""
+        if player not in self.optim_factories:
+            raise ConfigError(f"{type(self).__name__}: no optimizer configured for {player!r} (method.optim.{player})")
+        return self.optim_factories[player](list(self.player_parameters(player) if params is None else params))
+
+    def player_parameters(self, player: str) -> Iterable[nn.Parameter]:
+        """Parameters updated by ``player``'s optimizer (default: the submodule of that name)."""
+        return getattr(self, player).parameters()
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.make_optimizer(name) for name in self.optimizer_names()]
+
+    def autocast(self):
+        """bf16 autocast when ``method.autocast: bf16`` and bf16 is native here; else a no-op context."""
+        return autocast(self.device.type, self.autocast_request, f"{type(self).__name__} method.autocast")
+
+    def autocast_active(self) -> bool:
+        """What ran: True when ``autocast()`` runs bf16 on this device (recorded in describe())."""
+        return autocast_active(self.device.type, self.autocast_request, f"{type(self).__name__} method.autocast")
+
+    def sampling_weights(self) -> Tensor | None:
+        """Per-example weights for drawing real training batches (None: uniform shuffling, the default).
+
+        The datamodule's sampler asks at every ``train_dataloader`` call: i.i.d. draws with replacement in
+        proportion to the weights, an epoch being floor(sum(weights) / batch) batches (HC-MGAN's P_{s_k})."""
+        return None
 
     # ------------------------------------------------------------ optimization
     def optimizer_by_name(self) -> dict[str, Any]:
@@ -183,46 +252,98 @@ class ClusteringMethod(pl.LightningModule):
         """Images from this method's pixel range back into [0, 1] (for figures)."""
         return (x + 1.0) / 2.0 if self.pixel_range == "tanh" else x
 
-    def assign(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(probs [N, K], labels [N]) of one batch; noise-aware methods override ``cluster_labels``."""
-        probs = self.cluster_probs(x)
+    def assign(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(probs [N, K], labels [N]) of one batch through the primary assignment (``clustering``)."""
+        if self.clustering != "argmax":
+            readout = self.readouts[self.clustering]
+            probs, labels = readout(self.embed(x, readout.embedding))
+            return (_one_hot_or(probs, labels, self.n_clusters), labels)
+        probs = self.cluster_probs(x, idx)
         if type(self).cluster_labels is ClusteringMethod.cluster_labels:
             return probs, probs.argmax(dim=1)
-        return probs, self.cluster_labels(x)
+        return probs, self.cluster_labels(x, idx)
+
+    def predict_batch(self, x: Tensor, idx: Tensor | None = None) -> dict[str, Tensor]:
+        """Every assignment of one batch: ``probs``/``labels`` (primary) and ``<readout>/labels`` (and
+        ``<readout>/probs`` where the read-out has them) for each fitted read-out."""
+        probs, labels = self.assign(x, idx)
+        out = {"probs": probs, "labels": labels}
+        embeddings: dict[str, Tensor] = {}
+        for name, readout in self.readouts.items():
+            if not readout.fitted:
+                continue
+            if readout.embedding not in embeddings:
+                embeddings[readout.embedding] = self.embed(x, readout.embedding)
+            r_probs, r_labels = readout(embeddings[readout.embedding])
+            out[f"{name}/labels"] = r_labels
+            if r_probs is not None:
+                out[f"{name}/probs"] = r_probs
+        return out
 
     @torch.no_grad()
-    def assign_in_batches(self, x: Tensor, batch_size: int = 1024) -> tuple[Tensor, Tensor]:
-        """``assign`` over a large tensor, batch by batch, in eval mode; results on the CPU."""
-        was_training = self.training
-        self.eval()
-        probs, labels = [], []
-        try:
+    def predict_in_batches(self, x: Tensor, idx: Tensor | None = None, batch_size: int = 1024) -> dict[str, Tensor]:
+        """``predict_batch`` over a large tensor, batch by batch, in eval mode; results on the CPU."""
+        parts: dict[str, list[Tensor]] = {}
+        with eval_mode(self):
             for i in range(0, len(x), batch_size):
-                p, lab = self.assign(x[i : i + batch_size].to(self.device))
+                sub = None if idx is None else idx[i: i + batch_size]
+                for key, value in self.predict_batch(x[i: i + batch_size].to(self.device), sub).items():
+                    value = value.cpu()
+                    parts.setdefault(key, []).append(value.long() if key.endswith("labels") else value.float())
+        if not parts:
+            return {"probs": torch.empty(0, self.n_clusters), "labels": torch.empty(0, dtype=torch.long)}
+        return {k: torch.cat(v) for k, v in parts.items()}
+
+    @torch.no_grad()
+    def assign_in_batches(self, x: Tensor, batch_size: int = 1024, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``assign`` over a large tensor, batch by batch, in eval mode; results on the CPU."""
+        probs, labels = [], []
+        with eval_mode(self):
+            for i in range(0, len(x), batch_size):
+                sub = None if idx is None else idx[i: i + batch_size]
+                p, lab = self.assign(x[i: i + batch_size].to(self.device), sub)
                 probs.append(p.float().cpu())
                 labels.append(lab.long().cpu())
-        finally:
-            self.train(was_training)
         if not probs:
             return torch.empty(0, self.n_clusters), torch.empty(0, dtype=torch.long)
         return torch.cat(probs), torch.cat(labels)
 
-    # ------------------------------------------------- alternative read-outs
     @torch.no_grad()
-    def extra_assignments(self, x: Tensor, batch_size: int = 1024) -> dict[str, Tensor]:
-        """Hard labels [N] of other ways this model can cluster ``x`` (reported beside the default).
+    def embed_in_batches(self, x: Tensor, name: str, batch_size: int = 1024) -> Tensor:
+        """``embed(x, name)`` over a large tensor in eval mode; on the CPU."""
+        with eval_mode(self):
+            out = [self.embed(x[i: i + batch_size].to(self.device), name).cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(out)
 
-        E.g. ClusterGAN's k-means on the encoder latent next to its argmax. Keys name the
-        read-out; the evaluator logs ``eval/<split>/<name>/<metric>``. Default: none.
-        """
-        return {}
+    # ------------------------------------------------------------------ read-outs
+    def prepare_readouts(self) -> None:
+        """Hook before ``fit_readouts`` (e.g. HC-MGAN adds one tree-cut read-out per K of its tree)."""
 
-    # ---------------------------------------------------- hierarchical methods
-    def available_k(self) -> list[int]:
-        """Numbers of clusters this model can also answer for (a tree's intermediate cuts)."""
-        return []
+    def readout_fit_input(self, readout: Readout, x: Tensor, batch_size: int) -> Any:
+        """What ``readout.fit`` receives: by default the embedding of the fit set."""
+        return self.embed_in_batches(x, readout.embedding, batch_size)
 
     @torch.no_grad()
-    def probs_at_k(self, x: Tensor, k: int, batch_size: int = 1024) -> Tensor:
-        """Soft assignment [N, k] at ``k`` clusters (for ``k`` in ``available_k()``)."""
-        raise ValueError(f"{type(self).__name__} answers only for k = {self.n_clusters}")
+    def fit_readouts(self, x: Tensor, batch_size: int = 1024) -> None:
+        """Fit every read-out once on the fit set ``x`` (train.py calls this after training)."""
+        self.prepare_readouts()
+        cache: dict[str, Any] = {}
+        for readout in self.readouts.values():
+            key = readout.embedding
+            if key not in cache:
+                cache[key] = self.readout_fit_input(readout, x, batch_size)
+            readout.fit(cache[key])
+
+    def readout_info(self) -> dict[str, Any]:
+        return {name: r.describe() for name, r in self.readouts.items()}
+
+
+def _one_hot_or(probs: Tensor | None, labels: Tensor, k: int) -> Tensor:
+    """A read-out's probs, or one-hot rows of its labels (noise rows all zero) when it has none."""
+    if probs is not None:
+        return probs
+    width = max(k, int(labels.max()) + 1 if len(labels) else k)
+    out = torch.zeros(len(labels), width, device=labels.device)
+    keep = labels >= 0
+    out[keep, labels[keep]] = 1.0
+    return out

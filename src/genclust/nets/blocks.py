@@ -1,12 +1,11 @@
-"""Small building blocks: MLPs, conv trunks and deconv generators built from shapes.
-
-Each method composes its paper's architecture from these (citing the table in its module),
-so the same code serves 8x8 digits, 28x28 MNIST and 32x32xC images.
+"""Small building blocks every net family uses: activations, MLPs, reshape/crop layers, and the two
+context managers that replace hand-written try/finally blocks (``frozen``, ``eval_mode``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -69,21 +68,38 @@ class Crop(nn.Module):
         return x[..., : self.size, : self.size]
 
 
-def init_normal(module: nn.Module, std: float = 0.02) -> None:
-    """DCGAN initialisation: N(0, std) weights, zero biases, BN gamma N(1, std)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.weight is not None:
-            nn.init.normal_(m.weight, 1.0, std)
-            nn.init.zeros_(m.bias)
-
-
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def one_hot(labels: Tensor, k: int, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.nn.functional.one_hot(labels, k).to(dtype)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """requires_grad off for ``modules`` while a loss flows *through* them (gradients reach the inputs,
+    no weight gradient is computed); the previous flags are restored on exit."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    state = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, s in zip(params, state):
+            p.requires_grad_(s)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
+    """``modules`` in eval mode inside the block, each back in its previous mode on exit."""
+    mods = [m for m in modules if m is not None]
+    state = [m.training for m in mods]
+    for m in mods:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, s in zip(mods, state):
+            m.train(s)

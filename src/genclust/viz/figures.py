@@ -1,4 +1,4 @@
-"""Figures shared by every method: confusion matrix and per-cluster sample grids."""
+"""Figures shared by every method: confusion matrix, and the one image-grid writer every sample figure uses."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def confusion_figure(labels_true: np.ndarray, labels_pred: np.ndarray, path: Pat
     return path
 
 
+def save_grid(images: torch.Tensor, path: Path, nrow: int, padding: int = 1, pad_value: float = 0.0) -> Path:
+    """Write ``images`` ([N, C, H, W] in [0, 1]) as a grid of ``nrow`` per row: the one image-grid writer."""
+    save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow, padding=padding, pad_value=pad_value)
+    return path
+
+
 @torch.no_grad()
 def sample_grid(module, per_cluster: int, path: Path) -> Path | None:
     """One row of generated images per cluster (``module.sample(n, cluster=k)``)."""
@@ -49,6 +55,5 @@ def sample_grid(module, per_cluster: int, path: Path) -> Path | None:
         images = module.sample(per_cluster, cluster=k)
         if images is None:
             return None
-        rows.append(module.to_unit_range(images.float().cpu()).clamp(0, 1))
-    save_image(torch.cat(rows), path, nrow=per_cluster, padding=1)
-    return path
+        rows.append(module.to_unit_range(images.float().cpu()))
+    return save_grid(torch.cat(rows), path, nrow=per_cluster)

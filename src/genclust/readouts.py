@@ -1,0 +1,258 @@
+"""Read-outs: the ways a trained model turns an embedding of the data into cluster labels.
+
+A method's own soft assignment (``cluster_probs``, its argmax) is always there. Beside it a method
+declares read-outs in its config (``method.readouts: {name: {_target_: ...}}``); each one reads one of
+the method's embeddings (``method.embed(x, name)``: ClusterGAN's latent, a latent group of HRWAE-GAN,
+HC-MGAN's split probabilities) and is
+
+* **fitted once** on the fit set, after training (``ClusteringMethod.fit_readouts``; never inside a
+  read, never on evaluation data);
+* **stored with the model**: its fitted state is module extra state (tensors, or a pickled estimator
+  as a uint8 tensor), so ``model.pt``/checkpoints load with ``weights_only=True`` and ``predict.py``
+  assigns new data exactly as the run did;
+* free to **discover K** (``clusters_found``) and to label points **noise (-1)**; the shared metrics
+  count noise as errors in ACC and report ``fraction_labeled`` / ``acc_labeled`` beside it.
+
+``method.clustering: <name>`` makes a read-out the primary assignment (``assignments.npz``'s
+``cluster``/``probs``, the headline ACC); every read-out is reported as ``eval/<split>/<name>/<metric>``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from genclust.errors import ConfigError
+
+
+def _pack(obj: Any) -> Tensor:
+    """A picklable object as a uint8 tensor (loads with ``torch.load(weights_only=True)``)."""
+    buf = io.BytesIO()
+    pickle.dump(obj, buf, protocol=pickle.HIGHEST_PROTOCOL)
+    return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8).clone()
+
+
+def _unpack(t: Tensor) -> Any:
+    return pickle.loads(t.cpu().numpy().tobytes())  # noqa: S301 - our own fitted estimator, saved by us
+
+
+class Readout(nn.Module):
+    """Base class. Subclasses implement ``_fit(features)`` and ``_predict(features) -> (probs | None, labels)``.
+
+    ``state`` is a plain dict of tensors (what ``get_extra_state`` saves); ``fitted`` says whether it holds
+    a fit. ``cut_k`` is set by read-outs that answer for a fixed number of clusters of a hierarchy
+    (the evaluator's per-K curve lists them).
+    """
+
+    cut_k: int | None = None
+    #: True when labels may be -1 (noise)
+    noise_aware: bool = False
+
+    def __init__(self, embedding: str = "latent") -> None:
+        super().__init__()
+        self.embedding = str(embedding)
+        self.state: dict[str, Tensor] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.state)
+
+    def fit(self, features: Tensor) -> None:
+        """Fit on the fit set's embedding (float32 [N, D] or the method's own layout)."""
+        self.state = {}
+        self._fit(features)
+        if not self.state:
+            raise RuntimeError(f"{type(self).__name__}._fit stored no state")
+
+    def forward(self, features: Tensor) -> tuple[Tensor | None, Tensor]:
+        """(probs [N, k] or None, labels [N] with -1 = noise) of an embedding batch."""
+        if not self.fitted:
+            raise RuntimeError(f"read-out {type(self).__name__} is not fitted (fit_readouts runs after training)")
+        probs, labels = self._predict(features)
+        return probs, labels.long()
+
+    def clusters_found(self) -> int | None:
+        """The number of clusters this read-out can assign (None: not known before prediction)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "embedding": self.embedding, "fitted": self.fitted,
+                "clusters_found": self.clusters_found()}
+
+    # state travels as module extra state: tensors only
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {k: v.detach().cpu() for k, v in self.state.items()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        self.state = dict(state or {})
+
+    def _fit(self, features: Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _predict(self, features: Tensor) -> tuple[Tensor | None, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class KMeansReadout(Readout):
+    """k-means (k-means++, ``n_init`` restarts, float64 fit) on an embedding.
+
+    Labels: the nearest center. Probs: softmax(-d^2 / (T * s)), s = the fit's mean squared distance to
+    the own center (a temperature in the embedding's units).
+    """
+
+    def __init__(self, n_clusters: int, embedding: str = "latent", n_init: int = 10, seed: int = 0,
+                 temperature: float = 1.0) -> None:
+        super().__init__(embedding)
+        if int(n_clusters) < 1:
+            raise ConfigError(f"KMeansReadout: n_clusters must be >= 1, got {n_clusters}")
+        self.n_clusters, self.n_init, self.seed = int(n_clusters), int(n_init), int(seed)
+        self.temperature = float(temperature)
+
+    def _fit(self, features: Tensor) -> None:
+        from sklearn.cluster import KMeans
+
+        feats = features.double().numpy()
+        if len(feats) < self.n_clusters:
+            raise ConfigError(f"KMeansReadout: {self.n_clusters} clusters for {len(feats)} points")
+        km = KMeans(self.n_clusters, n_init=self.n_init, random_state=self.seed).fit(feats)
+        self.state = {"centers": torch.as_tensor(km.cluster_centers_, dtype=torch.float32),
+                      "scale": torch.tensor(max(float(km.inertia_) / len(feats), 1e-8))}
+
+    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        centers = self.state["centers"].to(features.device)
+        d2 = torch.cdist(features.float(), centers).pow(2)
+        scale = float(self.state["scale"]) * self.temperature
+        return torch.softmax(-d2 / scale, dim=1), d2.argmin(1)
+
+    def clusters_found(self) -> int:
+        return self.n_clusters
+
+
+class GMMReadout(Readout):
+    """A Gaussian mixture with ``n_clusters`` components (sklearn, EM from a k-means init) on an embedding."""
+
+    def __init__(self, n_clusters: int, embedding: str = "latent", covariance_type: str = "full",
+                 n_init: int = 1, seed: int = 0, reg_covar: float = 1e-6) -> None:
+        super().__init__(embedding)
+        self.n_clusters, self.covariance_type, self.n_init = int(n_clusters), covariance_type, int(n_init)
+        self.seed, self.reg_covar = int(seed), float(reg_covar)
+
+    def _fit(self, features: Tensor) -> None:
+        from sklearn.mixture import GaussianMixture
+
+        gmm = GaussianMixture(self.n_clusters, covariance_type=self.covariance_type, n_init=self.n_init,
+                              reg_covar=self.reg_covar, random_state=self.seed).fit(features.double().numpy())
+        self.state = {"model": _pack(gmm)}
+        self._model = gmm
+
+    def _estimator(self) -> Any:
+        if getattr(self, "_model", None) is None:
+            self._model = _unpack(self.state["model"])
+        return self._model
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        super().set_extra_state(state)
+        self._model = None
+
+    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        probs = torch.as_tensor(self._estimator().predict_proba(features.double().cpu().numpy()), dtype=torch.float32)
+        return probs, probs.argmax(1)
+
+    def clusters_found(self) -> int:
+        return self.n_clusters
+
+
+def umap_neighbors(n: int, cap: int = 100, divisor: int = 300, floor: int = 2) -> int:
+    """HRWAE-GAN's Eq. 8 neighbour rule: n_neighbors = min(floor(N / 300), 100), at least ``floor``."""
+    return max(min(n // divisor, cap), floor)
+
+
+class UMAPHDBSCANReadout(Readout):
+    """UMAP to ``n_components`` dimensions, then HDBSCAN: K is discovered, noise is labelled -1.
+
+    New data: ``umap.transform`` + ``hdbscan.approximate_predict`` (the fitted estimators are pickled into
+    the read-out's state). ``n_neighbors: auto`` is Eq. 8 of the HRWAE-GAN thesis.
+    """
+
+    noise_aware = True
+
+    def __init__(self, embedding: str = "latent", n_neighbors: int | str = "auto", n_components: int = 2,
+                 min_dist: float = 0.0, min_cluster_size: int | str = "auto", min_samples: int | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(embedding)
+        self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
+        self.min_cluster_size, self.min_samples, self.seed = min_cluster_size, min_samples, int(seed)
+        self._models: tuple[Any, Any] | None = None
+
+    def _fit(self, features: Tensor) -> None:
+        import hdbscan
+        import umap
+
+        x = features.float().numpy()
+        n = len(x)
+        nn_ = umap_neighbors(n) if self.n_neighbors == "auto" else int(self.n_neighbors)
+        mcs = max(n // 100, 5) if self.min_cluster_size == "auto" else int(self.min_cluster_size)
+        reducer = umap.UMAP(n_neighbors=min(nn_, n - 1), n_components=self.n_components, min_dist=self.min_dist,
+                            random_state=self.seed, transform_seed=self.seed)
+        emb = reducer.fit_transform(x)
+        clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples,
+                                    prediction_data=True).fit(emb)
+        self._models = (reducer, clusterer)
+        self.state = {"models": _pack(self._models), "n_neighbors": torch.tensor(nn_),
+                      "clusters_found": torch.tensor(int(clusterer.labels_.max()) + 1),
+                      "fit_labels": torch.as_tensor(clusterer.labels_, dtype=torch.long)}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        super().set_extra_state(state)
+        self._models = None
+
+    def _predict(self, features: Tensor) -> tuple[None, Tensor]:
+        import hdbscan
+
+        if self._models is None:
+            self._models = _unpack(self.state["models"])
+        reducer, clusterer = self._models
+        emb = reducer.transform(features.float().cpu().numpy())
+        labels, _ = hdbscan.approximate_predict(clusterer, emb)
+        return None, torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+    def clusters_found(self) -> int | None:
+        return int(self.state["clusters_found"]) if self.fitted else None
+
+
+class TreeCutReadout(Readout):
+    """The leaves of a binary tree of soft splits after its first ``cut_k - 1`` splits (HC-MGAN's per-K curve).
+
+    Embedding: p(first child | x) per split, [N, n_splits]. ``fit`` is handed the tree's paths (the
+    method's ``tree_paths(k)``) instead of features: leaf l's probability is the product along its
+    root-to-leaf path of q or 1 - q.
+    """
+
+    def __init__(self, k: int, embedding: str = "split_probs") -> None:
+        super().__init__(embedding)
+        self.cut_k = int(k)
+
+    def fit(self, paths: Sequence[Sequence[tuple[int, int]]]) -> None:  # type: ignore[override]
+        flat = [(leaf, split, side) for leaf, path in enumerate(paths) for split, side in path]
+        self.state = {"paths": torch.tensor(flat, dtype=torch.long).reshape(-1, 3),
+                      "n_leaves": torch.tensor(len(paths))}
+
+    def _predict(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        n_leaves = int(self.state["n_leaves"])
+        probs = torch.ones(p.shape[0], n_leaves, dtype=torch.float64, device=p.device)
+        for leaf, split, side in self.state["paths"].tolist():
+            q = p[:, split].double()
+            probs[:, leaf] = probs[:, leaf] * (q if side == 0 else 1.0 - q)
+        return probs, probs.argmax(1)
+
+    def clusters_found(self) -> int | None:
+        return int(self.state["n_leaves"]) if self.fitted else None
+
+
+__all__ = ["Readout", "KMeansReadout", "GMMReadout", "UMAPHDBSCANReadout", "TreeCutReadout", "umap_neighbors"]
