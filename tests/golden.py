@@ -27,8 +27,8 @@ CASES: dict[str, list[str]] = {
     "clustergan": ["method=clustergan", "method.autocast=none", "trainer.limit_train_batches=6"],
     "udc": ["method=udc", "method.autocast=none", "method.nets.generator.dim=16", "method.nets.critic.dim=16",
             "method.nets.classifier.dim=16", "trainer.limit_train_batches=12"],
-    "hc_mgan": ["method=hc_mgan", "method.n_clusters=4", "method.n_refinements=1", "method.raw_epochs=2",
-                "method.refine_epochs=2"],
+    "hc_mgan": ["method=hc_mgan", "method.n_clusters=4", "method.refinement.count=1", "method.raw_split.epochs=2",
+                "method.refinement.epochs=2"],
 }
 
 

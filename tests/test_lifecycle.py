@@ -40,7 +40,7 @@ class EntropyProbe(ClusteringMethod):
         self.steps += 1
         self.log("train/loss", loss.detach())
 
-    def cluster_probs(self, x):
+    def cluster_probs(self, x, idx=None):
         return torch.softmax(self.head(x.flatten(1)), 1)
 
 

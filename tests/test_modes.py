@@ -16,7 +16,7 @@ class Replayer(ClusteringMethod):
         super().__init__(len(perm), list(data.x.shape[1:]))
         self.data, self.perm, self.noise = data, perm, noise
 
-    def cluster_probs(self, x):
+    def cluster_probs(self, x, idx=None):
         return torch.full((len(x), self.n_clusters), 1.0 / self.n_clusters)
 
     def sample(self, n, cluster=None):

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import genclust.precision as precision
-from genclust.methods.clustergan import ClusterGAN
 from genclust.methods.udc import UDC
 from genclust.train import run
 from tests.helpers import compose_cfg
+from tests.test_clustergan import make as make_clustergan
+from tests.test_udc import make as make_udc
 from tests.test_udc import tiny_overrides
 
 
@@ -25,33 +26,32 @@ def cpu_with_bf16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
 
 
-def udc(**kw):
-    return UDC(4, [1, 8, 8], batch_size=8, dim=4, z_dim=2, **kw)
+def udc(**kw) -> UDC:
+    return make_udc((1, 8, 8), k=4, batch_size=8, z_dim=2, **kw)
 
 
 def test_bf16_request_runs_float32_with_one_warning_on_emulating_cpu(cpu_without_bf16, caplog):
     m = udc(autocast="bf16")
     with caplog.at_level(logging.WARNING, logger="genclust"):
-        with m._autocast():
+        with m.autocast():
             x = m.generate(*m._draw(3))
         m.critic_loss(torch.rand(3, 1, 8, 8), x.detach())
     assert x.dtype == torch.float32 and m.describe()["autocast"] == "none"
     warnings = [r.message for r in caplog.records if "bf16" in r.message]
-    assert len(warnings) == 1 and "udc.autocast" in warnings[0] and "float32" in warnings[0]
-    cg = ClusterGAN(4, [1, 8, 8], precision="bf16", latent_dim=3, g_channels=[4, 2], d_channels=[2, 4],
-                    g_fc=[8], d_fc=[8])
-    assert not cg._bf16() and cg.describe()["precision"] == "32"
+    assert len(warnings) == 1 and "UDC method.autocast" in warnings[0] and "float32" in warnings[0]
+    cg = make_clustergan(k=4, autocast="bf16", latent_dim=3)  # the same key, the same fallback
+    assert not cg.autocast_active() and cg.describe()["autocast"] == "none"
 
 
 def test_env_keeps_emulated_bf16(cpu_without_bf16, monkeypatch):
     monkeypatch.setenv(precision.ENV_FORCE, "1")
     m = udc(autocast="bf16")
-    with m._autocast():
+    with m.autocast():
         assert m.generate(*m._draw(3)).dtype == torch.bfloat16
 
 
 def test_native_bf16_is_kept(cpu_with_bf16):
-    assert udc(autocast="bf16")._bf16()
+    assert udc(autocast="bf16").autocast_active()
     assert precision.trainer_precision("bf16-mixed", "cpu") == "bf16-mixed"
 
 

@@ -3,6 +3,7 @@ paper / authors' schedules, the losses of Eqs. 5-7, the training cycle (N_critic
 classifier steps, one generator step), clustering of new data through softmax C, figures, smoke fits."""
 
 import csv
+import functools
 import json
 import math
 
@@ -12,24 +13,41 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from genclust.errors import ConfigError
-from genclust.methods.udc import UDC, frozen, trunk_plan
+from genclust.methods.udc import LAST_STAIR, UDC
+from genclust.nets.blocks import frozen
+from genclust.nets.wgan_gp import trunk_plan
 from genclust.train import run
 from tests.helpers import DATA_DIR, compose_cfg, options, requires_mnist_test, run_cli
 
-TINY = dict(dim=4, z_dim=4, hidden=[16, 16])
+PLAYERS = ("generator", "critic", "classifier")
+TINY_NETS = dict(dim=4, hidden=[16, 16])
 
 
-def make(img_shape=(1, 8, 8), k=10, **kw):
+def net_overrides(**widths):
+    return [f"method.nets.{p}.{k}={json.dumps(v)}" for p in PLAYERS for k, v in widths.items()]
+
+
+def tiny_overrides():
+    return [*net_overrides(**TINY_NETS), "method.z_dim=4"]
+
+
+@functools.cache
+def _parts(overrides=()):
+    """The real config's nets/optim factories (tiny widths unless ``overrides`` say otherwise)."""
+    method = compose_cfg(["method=udc", *tiny_overrides(), *overrides]).method
+    return method.nets, method.optim
+
+
+def make(img_shape=(1, 8, 8), k=10, net_args=(), **kw):
+    """A UDC built from the composed config's nets/optim (tiny by default) and the keyword hyperparameters."""
+    nets, optim = _parts(tuple(net_args))
     torch.manual_seed(0)
-    return UDC(k, list(img_shape), **{"batch_size": 16, **TINY, **kw})
+    return UDC(k, list(img_shape), nets=instantiate(nets, _convert_="all"), optim=instantiate(optim, _convert_="all"),
+               **{"batch_size": 16, "z_dim": 4, **kw})
 
 
 def composed(overrides, tmp_path=None):
     return compose_cfg(["method=udc", *overrides], output_dir=tmp_path)
-
-
-def tiny_overrides():
-    return [f"method.{k}={json.dumps(v)}" for k, v in TINY.items()]
 
 
 # ----------------------------------------------------------------------------------------- configs
@@ -38,7 +56,11 @@ def test_method_defaults_are_algorithm_1():
     s, hp = m.sched, m.hparams
     assert (s["eta0"], s["gamma"], s["gp_lambda"], s["n_critic"], s["n_class"]) == (10.0, 1.2, 100.0, 5, 4)
     assert s["critic_outputs"] == 1 and s["double_steps_at"] is None
-    assert (hp.lr, list(hp.betas), hp.tau, m.pixel_range) == (1e-4, [0.5, 0.9], "auto", "unit")
+    assert (hp.tau, m.pixel_range) == ("auto", "unit")
+    for player, opt in zip(m.optimizer_names(), m.configure_optimizers()):  # Adam(1e-4, 0.5, 0.9) for all three
+        assert isinstance(opt, torch.optim.Adam), player
+        assert (opt.defaults["lr"], tuple(opt.defaults["betas"])) == (1e-4, (0.5, 0.9))
+    assert m.optimizer_names() == ["critic", "classifier", "generator"]
 
 
 def test_authors_code_schedule_preset_and_overrides():
@@ -78,7 +100,7 @@ def test_fig2_map_sizes():
     assert trunk_plan(32) == ([2, 2, 2], [32, 16, 8, 4])  # first deconv outputs 8x8 (ORL / Cifar-10)
     assert trunk_plan(16) == ([1, 2, 2], [16, 16, 8, 4])  # USPS: 1x1 stride in the outer layers
     assert trunk_plan(8) == ([1, 2, 2], [8, 8, 4, 2])  # digits (ours)
-    m = UDC(10, [1, 28, 28])  # full size, DIM 64 (authors' code)
+    m = make((1, 28, 28), z_dim=128, net_args=tuple(net_overrides(dim=64)))  # full size, DIM 64 (authors' code)
     names = [type(layer).__name__ for layer in m.generator.net]
     assert names == ["Linear", "ReLU", "Reshape", "ConvTranspose2d", "Crop", "ReLU", "ConvTranspose2d", "ReLU",
                      "ConvTranspose2d", "Sigmoid"]
@@ -91,7 +113,7 @@ def test_fig2_map_sizes():
 
 
 def test_mlps_for_vector_data_are_512_cubed():
-    m = UDC(8, [2], z_dim=2)
+    m = make((2,), k=8, z_dim=2, net_args=tuple(net_overrides(hidden=[512, 512, 512])))
     lin = [mod for mod in m.generator.modules() if isinstance(mod, torch.nn.Linear)]
     assert [(x.in_features, x.out_features) for x in lin] == [(10, 512), (512, 512), (512, 512), (512, 2)]
     assert [mod.out_features for mod in m.classifier.modules() if isinstance(mod, torch.nn.Linear)][-1] == 8
@@ -99,7 +121,7 @@ def test_mlps_for_vector_data_are_512_cubed():
 
 def test_bad_shapes_are_config_errors():
     with pytest.raises(ConfigError):
-        UDC(3, [1, 8, 10])
+        make((1, 8, 10), k=3)
     with pytest.raises(ConfigError, match="tau"):
         make(tau="sometimes")
 
@@ -110,6 +132,39 @@ def test_eta_staircase_eq8():
     m._tau = 3
     assert [round(m.eta(t), 4) for t in range(7)] == [10.0, 10.0, 10.0, 12.0, 12.0, 12.0, 14.4]
     assert math.isclose(m.eta(29 * 3), 10 * 1.2**29)
+
+
+def test_eta_never_exceeds_the_papers_last_stair():
+    # issue: a fast host on a pinned plan ran 36k of 26k planned steps -> eta0 * 1.2**41; the stair stops at 29
+    assert LAST_STAIR == 29
+    m = make(tau=3)
+    top = 10 * 1.2**29
+    assert all(m.eta(t) <= top * (1 + 1e-12) for t in range(0, 3 * 60))
+    assert math.isclose(m.eta(3 * 41), top) and math.isclose(m.eta(10**9), top)
+    m._by_clock, m._stair = True, 0
+    m.run_progress = lambda batch_idx=0: 1.0  # the clock's last instant (and beyond) is still stair 29
+    m._update_stair(0)
+    assert m._stair == 29 and math.isclose(m.eta(), top)
+
+
+def test_pinned_plan_is_replanned_from_the_measured_rate():
+    # total_gen_steps=26000 pinned, but the host makes 36,000 in the budget: at replan_at the plan follows the rate
+    m = make(total_gen_steps=26000, replan_at=0.1)
+    m._tau = round(26000 * 30 / 900)
+    m._t = 2000
+    m.run_progress = lambda batch_idx=0: 0.05
+    m._replan = True
+    m._maybe_replan(0)
+    assert m._replan and m._total == 0  # not yet: 5% of the budget
+    stair_before = m.stair()
+    m._t, m.run_progress = 3600, (lambda batch_idx=0: 0.1)
+    m._maybe_replan(0)
+    assert not m._replan and m._total == 36000 and m._tau == 1200
+    assert m.stair() >= stair_before  # never down
+    assert m.stair(36000 - 1) == 29 and m.stair(36000 * 2) == 29  # ends on the last stair, not beyond
+    assert int(m.tau_steps) == 1200 and int(m.planned_gen_steps) == 36000
+    with pytest.raises(ConfigError, match="replan_at"):
+        make(replan_at=1.5)
 
 
 def test_tau_auto_spans_the_run():
@@ -217,8 +272,8 @@ def test_tau_auto_on_a_wall_clock_budget_follows_the_clock(tmp_path):
 def test_bf16_autocast_losses_are_finite_float32(monkeypatch):
     monkeypatch.setenv("GENCLUST_EMULATED_BF16", "1")  # the bf16 path also on CPUs without native bf16
     m = make(k=4, autocast="bf16")
-    assert m._bf16() and m.describe()["autocast"] == "bf16"
-    with m._autocast():
+    assert m.autocast_active() and m.describe()["autocast"] == "bf16"
+    with m.autocast():
         assert m.generate(*m._draw(2)).dtype == torch.bfloat16
     real, fake = torch.rand(8, 1, 8, 8), torch.rand(8, 1, 8, 8)
     loss, w, gp = m.critic_loss(real, fake)
@@ -228,7 +283,8 @@ def test_bf16_autocast_losses_are_finite_float32(monkeypatch):
 
 def test_blobs_smoke_fit_and_surface(tmp_path):
     cfg = compose_cfg(["experiment=udc_blobs", "trainer=smoke", "trainer.limit_train_batches=10", "trainer.max_epochs=1",
-                       "callbacks.evaluator.every_n_epochs=0", "method.hidden=[32,32]"], output_dir=tmp_path)
+                       "callbacks.evaluator.every_n_epochs=0", *net_overrides(hidden=[32, 32])],
+                      output_dir=tmp_path)
     result = run(cfg)
     assert result["method_info"]["gen_steps"] == 2 and result["method_info"]["resolved"]["gp_lambda"] == 0.1
     assert (tmp_path / "figures" / "udc_clustering_surface.png").is_file()

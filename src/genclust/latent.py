@@ -97,7 +97,7 @@ class ExampleState(nn.Module):
     def __init__(self, specs: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None) -> None:
         super().__init__()
         self.specs = dict(specs or {})
-        self._dirty: Tensor | None = None
+        self._dirty: dict[str, Tensor] = {}  # per table: rows written since the last sync
 
     @property
     def size(self) -> int:
@@ -112,7 +112,7 @@ class ExampleState(nn.Module):
             full = (int(n), *shape)
             value = init(name, full, dtype) if init is not None else torch.zeros(full, dtype=dtype)
             self.register_buffer(name, value.to(device=device, dtype=dtype))
-        self._dirty = torch.zeros(int(n), dtype=torch.bool, device=device)
+        self._dirty = {}
 
     def read(self, name: str, idx: Tensor) -> Tensor:
         return getattr(self, name)[idx.to(getattr(self, name).device)]
@@ -121,34 +121,33 @@ class ExampleState(nn.Module):
         table = getattr(self, name)
         idx = idx.to(table.device)
         table[idx] = value.to(table.dtype)
-        if self._dirty is None or self._dirty.device != table.device:
-            self._dirty = torch.zeros(len(table), dtype=torch.bool, device=table.device)
-        self._dirty[idx] = True
+        dirty = self._dirty.get(name)
+        if dirty is None or dirty.device != table.device or len(dirty) != len(table):
+            dirty = self._dirty[name] = torch.zeros(len(table), dtype=torch.bool, device=table.device)
+        dirty[idx] = True
 
     @torch.no_grad()
     def sync(self) -> None:
         """Merge the writes of every DDP rank since the last sync (no-op in a single process)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1 or not self.specs:
-            if self._dirty is not None:
-                self._dirty.zero_()
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            self._dirty = {}
             return
-        first = getattr(self, next(iter(self.specs)))
-        dirty = self._dirty if self._dirty is not None else torch.zeros(len(first), dtype=torch.bool,
-                                                                         device=first.device)
         comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        count = dirty.to(comm, torch.float64)
-        dist.all_reduce(count)
-        written = count > 0
-        for name in self.specs:
+        for name in self.specs:  # every rank visits every table in the same order (collectives)
             table = getattr(self, name)
-            mask = dirty.to(comm).reshape(-1, *([1] * (table.dim() - 1)))
-            total = torch.where(mask, table.to(comm, torch.float64), torch.zeros((), dtype=torch.float64, device=comm))
+            dirty = self._dirty.get(name)
+            dirty = (dirty if dirty is not None else torch.zeros(len(table), dtype=torch.bool)).to(comm)
+            count = dirty.to(torch.float64)
+            dist.all_reduce(count)
+            shape = (-1, *([1] * (table.dim() - 1)))
+            total = torch.where(dirty.reshape(shape), table.to(comm, torch.float64),
+                                torch.zeros((), dtype=torch.float64, device=comm))
             dist.all_reduce(total)
-            mean = total / count.clamp_min(1).reshape(-1, *([1] * (table.dim() - 1)))
+            mean = total / count.clamp_min(1).reshape(shape)
             merged = mean.to(table.dtype) if table.is_floating_point() else mean.round().to(table.dtype)
-            table[written.to(table.device)] = merged[written].to(table.device)
-        dirty.zero_()
-        self._dirty = dirty
+            written = (count > 0).to(table.device)
+            table[written] = merged.to(table.device)[written]
+        self._dirty = {}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -157,7 +156,7 @@ class ExampleState(nn.Module):
             current = getattr(self, name, None)
             if key in state_dict and (current is None or current.shape != state_dict[key].shape):
                 self.register_buffer(name, torch.empty_like(state_dict[key]))
-                self._dirty = torch.zeros(len(state_dict[key]), dtype=torch.bool)
+                self._dirty = {}
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

@@ -35,12 +35,16 @@ def load_run(path: Path) -> tuple[object, dict, Path]:
             last = run_dir / "checkpoints" / "last.ckpt"
             weights = last if last.is_file() else weights
     cfg_file = run_dir / ".hydra" / "config.yaml"
-    if not cfg_file.is_file():
-        raise GenclustError(f"{run_dir} is not a run folder (no .hydra/config.yaml)")
+    model_file = run_dir / "model.pt"
+    if not cfg_file.is_file() and not model_file.is_file():
+        raise GenclustError(f"{run_dir} is not a run folder (no .hydra/config.yaml or model.pt)")
     if not weights.is_file():
         raise GenclustError(f"no trained weights in {run_dir} (model.pt or checkpoints/last.ckpt)")
     saved = torch.load(weights, map_location="cpu", weights_only=False)
-    cfg = OmegaConf.load(cfg_file)
+    if cfg_file.is_file():
+        cfg = OmegaConf.load(cfg_file)
+    else:  # a run made in-process (tests, notebooks): model.pt carries the resolved config
+        cfg = OmegaConf.create(torch.load(model_file, map_location="cpu", weights_only=False)["config"])
     method = instantiate(cfg.method, _convert_="all")
     method.load_state_dict(saved["state_dict"])
     method.eval()

@@ -80,7 +80,7 @@ class KMeansBaseline(_PixelBaseline):
         # mean squared distance to the own center: the temperature of the soft assignment
         self.inertia_scale.fill_(max(float(km.inertia_) / len(features), 1e-8))
 
-    def cluster_probs(self, x: Tensor) -> Tensor:
+    def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         d2 = torch.cdist(self.features(x), self.centers).pow(2)
         return torch.softmax(-d2 / self.inertia_scale, dim=1)
 
@@ -116,7 +116,7 @@ class GMMBaseline(_PixelBaseline):
         self.log_weights.copy_(torch.as_tensor(np.log(gmm.weights_), dtype=torch.float32))
         self.prec_chol.copy_(torch.as_tensor(gmm.precisions_cholesky_, dtype=torch.float32))
 
-    def cluster_probs(self, x: Tensor) -> Tensor:
+    def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         f = self.features(x).double()
         means, pc = self.means.double(), self.prec_chol.double()
         if self.covariance_type == "diag":

@@ -11,71 +11,52 @@ The game (paper §III-C, Algorithm 1):
 * per generator step: ``N_critic = 5`` critic updates (a fresh real batch each), ``N_class = 4``
   classifier updates, then one generator update on ``-D(G(y,z)) + eta * CE(C(G(y,z)), y)`` (Eq. 7);
 * ``eta_t = eta_0 * gamma ** floor(t / tau)`` with t the generator step (Eq. 8: eta_0 = 10,
-  gamma = 1.2, tau = 30,000 of N = 900,000 steps); Adam(1e-4, 0.5, 0.9) for all three players.
+  gamma = 1.2, tau = 30,000 of N = 900,000 steps); Adam(1e-4, 0.5, 0.9) for all three players
+  (``method.optim``).
 
 Clustering of real data: ``argmax C(x)`` (``cluster_probs`` = softmax of C's logits).
 
 Data flow in Lightning terms: every loader batch (``batch_size`` real images, Algorithm 1's n) is
-*one critic step*; after ``N_critic`` of them come the ``N_class`` classifier steps and the
-generator step (so an epoch of B batches holds B / N_critic generator steps). G does not change
-between two generator steps, so all fakes of one cycle (N_critic + N_class batches) are drawn in
-one no-grad forward (``batch_fakes``; same distribution as drawing them one by one).
+*one critic step*; after ``N_critic`` of them come the ``N_class`` classifier steps and the generator
+step. G is fixed between generator steps, so all fakes of one cycle are drawn in one no-grad forward
+(``batch_fakes``; same distribution as drawing them one by one).
 
-Schedules (``schedule``):
+Schedules (``schedule``): ``paper`` (default), Algorithm 1's caption; ``authors_code``,
+gyh5421/unified_deep_clustering ``gan_mnist.py`` (peers.md §3.3): eta_0 = 1.0, gradient penalty 10,
+2 classifier steps, critic and classifier steps doubled at generator step N/3, a 10-unit critic output
+(losses averaged over the units). Any explicitly configured value (``eta0``, ...) overrides the preset.
 
-* ``paper`` (default): Algorithm 1's values, listed in the algorithm's caption.
-* ``authors_code``: gyh5421/unified_deep_clustering ``gan_mnist.py`` (peers.md §3.3): eta_0 = 1.0,
-  gradient penalty 10, 2 classifier steps, critic and classifier steps doubled at one third of
-  training (generator step N/3), a 10-unit critic output (losses averaged over the 10 units, the
-  penalty on the gradient of their sum).
-  Any explicitly configured value (``eta0``, ``gp_lambda``, ...) overrides the preset.
+``tau: auto`` scales tau with the run as the paper did for ORL (§IV-D.2: 30,000 of 900,000 steps ->
+1,000 of 30,000): tau = total generator steps * 30,000 / 900,000, so the staircase spans the run. The
+total is ``total_gen_steps`` when given, else derived from ``trainer.max_epochs`` or ``max_steps``. On a
+``trainer.max_time`` budget without ``total_gen_steps`` the stairs follow the clock (floor(30 * elapsed
+fraction)); with a pinned ``total_gen_steps`` there, ``replan_at`` re-plans the total (and tau) from the
+step rate measured over that first fraction of the budget. In every mode the stair index stops at the
+paper's last stair (29): eta never exceeds eta_0 * gamma**29, however fast the host.
 
-``tau: auto`` scales tau with the run length the way the paper did for ORL (§IV-D.2: 30,000 of
-900,000 steps -> 1,000 of 30,000), i.e. tau = total generator steps * 30,000 / 900,000, so the
-staircase spans the whole run (29 increases, eta_0 * 1.2**29 ~ 198 * eta_0 at the end). The total is
-``total_gen_steps`` when given, else ``trainer.max_epochs * batches_per_epoch / N_critic`` (with the
-authors' doubling accounted for), else ``trainer.max_steps / (optimizer steps per generator step)``.
-A run budgeted by ``trainer.max_time`` (and no ``total_gen_steps``) cannot know its step count in
-advance: its staircase follows the clock instead, eta_0 * gamma ** floor(30 * elapsed / max_time),
-the same 30 stairs spread over the budget (the schedule spans the run on any machine speed).
-
-Architecture (§IV-A, Fig. 2, built on WGAN-GP's MNIST nets [71], DIM = 64):
-
-* G: Linear(z + K -> 4*DIM*s*s) + ReLU -> Deconv5x5(4D -> 2D) + ReLU -> Deconv5x5(2D -> D) + ReLU
-  -> Deconv5x5(D -> C) + sigmoid (tanh for ``pixel_range: tanh``); no normalisation layers.
-* D and C: Conv5x5(C -> D) -> Conv5x5(D -> 2D) -> Conv5x5(2D -> 4D), LeakyReLU(0.2), no norm, then
-  Linear(4D*s*s -> 1) (critic; 10 in the authors' code) or Linear(4D*s*s -> K) (classifier logits).
-* Stride 2 everywhere ("5x5 kernel and 2x2 stride"); the generator mirrors the trunk's map sizes and
-  crops where the mirror overshoots. That reproduces Fig. 2's rules: 28x28: 28-14-7-4, G 4-8 *crop
-  to 7* ("drop one pixel after the first deconvolutional layer")-14-28; 32x32: 4-8-16-32 ("the first
-  deconvolution outputs 8x8"); 16x16 (USPS): a 1x1 stride in D/C's first conv and G's last deconv,
-  16-16-8-4. Our choice for 8x8 (sklearn digits, not in the paper): the 16x16 rule one level down,
-  8-8-4-2 with a 2x2 base map.
-* Vector data (``img_shape`` of length 1, the synthetic 8 blobs, §IV-B): three MLPs with 512-512-512
-  ReLU hidden layers, linear outputs for G and D.
-* Initialisation as in tflib (the TF library of [71] and the authors' code): He-uniform conv/deconv
-  (fan counted with the stride), Glorot-uniform linear layers, zero biases.
+Networks (``method.nets``, ``genclust.nets.wgan_gp``): WGAN-GP's MNIST nets [71] with Fig. 2's map-size
+rules (images), 512-512-512 ReLU MLPs (vector data, §IV-B), tflib's initialisation (He/Glorot uniform,
+as [71] and the authors' code). G ends in a sigmoid (tanh for ``pixel_range: tanh``; linear on vectors).
 
 Deviations and extras are named options with their reasons in ``configs/method/udc.yaml``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from genclust.errors import ConfigError
 from genclust.losses import gradient_penalty, mean_entropy
 from genclust.methods.base import ClusteringMethod
-from genclust.nets.blocks import Crop, Reshape, count_parameters, mlp, one_hot
-from genclust.precision import use_bf16
+from genclust.nets.blocks import count_parameters, eval_mode, frozen, one_hot
+from genclust.nets.init import initialize
 
 # Algorithm 1's caption (paper) and gan_mnist.py L29-43, L308-310 (authors' code, peers.md §3.3).
 SCHEDULES: dict[str, dict[str, Any]] = {
@@ -85,127 +66,9 @@ SCHEDULES: dict[str, dict[str, Any]] = {
                          double_steps_at=1.0 / 3.0),
 }
 TAU_REF, STEPS_REF = 30000, 900000  # Eq. 8 / §IV-C: eta x1.2 every 30k of 900k generator steps
+LAST_STAIR = STEPS_REF // TAU_REF - 1  # 29: the paper's last stair (eta_0 * 1.2**29 at step 900,000)
 
 
-# ----------------------------------------------------------------------------- networks
-def _tflib_init(module: nn.Module) -> None:
-    """tflib's defaults: He-uniform conv/deconv (stride-aware fans), Glorot-uniform linear, zero bias."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
-            k = m.kernel_size[0] * m.kernel_size[1]
-            s2 = m.stride[0] * m.stride[1]
-            if isinstance(m, nn.Conv2d):
-                fan_in, fan_out = m.in_channels * k, m.out_channels * k / s2
-            else:
-                fan_in, fan_out = m.in_channels * k / s2, m.out_channels * k
-            std = math.sqrt(4.0 / (fan_in + fan_out))
-        elif isinstance(m, nn.Linear):
-            std = math.sqrt(2.0 / (m.in_features + m.out_features))
-        else:
-            continue
-        nn.init.uniform_(m.weight, -std * math.sqrt(3.0), std * math.sqrt(3.0))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-def trunk_plan(size: int) -> tuple[list[int], list[int]]:
-    """Strides and map sizes of the 3-conv trunk for ``size`` x ``size`` images (Fig. 2's rules).
-
-    First stride 1 for images of at most 16 pixels (USPS 16x16 in the paper; 8x8 digits ours), else 2.
-    Returns ``(strides, sizes)`` with ``sizes[0] = size`` and ``sizes[3]`` the final map size.
-    """
-    strides = [1 if size <= 16 else 2, 2, 2]
-    sizes = [size]
-    for s in strides:
-        sizes.append((sizes[-1] + 2 * 2 - 5) // s + 1)  # kernel 5, padding 2 ("same")
-    return strides, sizes
-
-
-class ConvTrunk(nn.Module):
-    """D/C trunk: three 5x5 convs (DIM, 2 DIM, 4 DIM) with LeakyReLU(0.2), flatten, linear head."""
-
-    def __init__(self, channels: int, size: int, dim: int, n_out: int) -> None:
-        super().__init__()
-        strides, sizes = trunk_plan(size)
-        widths = [channels, dim, 2 * dim, 4 * dim]
-        layers: list[nn.Module] = []
-        for c_in, c_out, s in zip(widths[:-1], widths[1:], strides):
-            layers += [nn.Conv2d(c_in, c_out, 5, stride=s, padding=2), nn.LeakyReLU(0.2)]
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(4 * dim * sizes[-1] ** 2, n_out)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-class DeconvGenerator(nn.Module):
-    """G(y, z): linear to a 4 DIM x s x s map, three 5x5 deconvs mirroring the trunk (crop on overshoot)."""
-
-    def __init__(self, in_dim: int, channels: int, size: int, dim: int, out_act: str) -> None:
-        super().__init__()
-        strides, sizes = trunk_plan(size)
-        widths = [4 * dim, 2 * dim, dim, channels]
-        base = sizes[-1]
-        layers: list[nn.Module] = [nn.Linear(in_dim, 4 * dim * base * base), nn.ReLU(), Reshape(4 * dim, base, base)]
-        cur = base
-        for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
-            s = strides[::-1][i]
-            target = sizes[::-1][i + 1]
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 5, stride=s, padding=2, output_padding=s - 1))
-            cur = cur * s
-            if cur != target:  # 28x28: 8 -> 7 after the first deconv (Fig. 2)
-                if cur < target:
-                    raise ConfigError(f"UDC generator cannot reach {size}x{size} images")
-                layers.append(Crop(target))
-                cur = target
-            if i < 2:
-                layers.append(nn.ReLU())
-        layers.append(nn.Sigmoid() if out_act == "sigmoid" else nn.Tanh())
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, yz: Tensor) -> Tensor:
-        return self.net(yz)
-
-
-def build_nets(img_shape: Sequence[int], n_clusters: int, z_dim: int, dim: int, hidden: Sequence[int],
-               critic_outputs: int, pixel_range: str) -> tuple[nn.Module, nn.Module, nn.Module]:
-    """(generator, critic, classifier) for vector data (MLPs, §IV-B) or [C, H, W] images (Fig. 2)."""
-    in_dim = z_dim + n_clusters
-    if len(img_shape) == 1:
-        d = int(img_shape[0])
-        hidden = [int(h) for h in hidden]
-        gen = mlp([in_dim, *hidden, d], act="relu")
-        critic = mlp([d, *hidden, critic_outputs], act="relu")
-        classifier = mlp([d, *hidden, n_clusters], act="relu")
-    elif len(img_shape) == 3:
-        c, h, w = (int(s) for s in img_shape)
-        if h != w:
-            raise ConfigError(f"UDC's nets need square images, got {h}x{w}")
-        gen = DeconvGenerator(in_dim, c, h, dim, "sigmoid" if pixel_range == "unit" else "tanh")
-        critic = ConvTrunk(c, h, dim, critic_outputs)
-        classifier = ConvTrunk(c, h, dim, n_clusters)
-    else:
-        raise ConfigError(f"UDC supports img_shape [D] or [C, H, W], got {list(img_shape)}")
-    for net in (gen, critic, classifier):
-        _tflib_init(net)
-    return gen, critic, classifier
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """requires_grad off for ``modules`` while a loss flows *through* them (no weight gradients computed)."""
-    params = [p for m in modules for p in m.parameters()]
-    state = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, s in zip(params, state):
-            p.requires_grad_(s)
-
-
-# ----------------------------------------------------------------------------- the method
 class UDC(ClusteringMethod):
     """Generator G(y, z) + WGAN-GP critic D + separate fake-trained classifier C (Algorithm 1)."""
 
@@ -215,13 +78,15 @@ class UDC(ClusteringMethod):
         self,
         n_clusters: int,
         img_shape: Sequence[int],
+        nets: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        readouts: Mapping[str, Any] | None = None,
+        clustering: str = "argmax",
         batch_size: int = 100,
         pixel_range: str = "unit",
         schedule: str = "paper",
         z_dim: int = 128,
         z_std: float = 1.0,
-        dim: int = 64,
-        hidden: Sequence[int] = (512, 512, 512),
         eta0: float | None = None,
         gamma: float | None = None,
         gp_lambda: float | None = None,
@@ -231,9 +96,7 @@ class UDC(ClusteringMethod):
         double_steps_at: float | None = None,
         tau: int | str = "auto",
         total_gen_steps: int | None = None,
-        lr: float = 1e-4,
-        betas: Sequence[float] = (0.5, 0.9),
-        lr_classifier: float | None = None,
+        replan_at: float | None = 0.1,
         gp_every: int = 1,
         classifier_noise: float = 0.0,
         batch_fakes: bool = True,
@@ -242,8 +105,9 @@ class UDC(ClusteringMethod):
         diag_every: int = 50,
         divergence_check_every: int = 50,
     ) -> None:
-        super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every)
-        self.save_hyperparameters()
+        super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every, nets=nets,
+                         optim=optim, readouts=readouts, clustering=clustering, autocast=autocast)
+        self.save_hyperparameters(ignore=["nets", "optim", "readouts"])
         if schedule not in SCHEDULES:
             raise ConfigError(f"udc.schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         preset = SCHEDULES[schedule]
@@ -257,50 +121,69 @@ class UDC(ClusteringMethod):
             raise ConfigError("udc: n_critic must be >= 1 and n_class >= 0")
         if not (tau == "auto" or (isinstance(tau, int) and tau >= 1)):
             raise ConfigError(f"udc.tau must be 'auto' or a positive int, got {tau!r}")
-        if autocast not in ("none", "bf16"):
-            raise ConfigError(f"udc.autocast must be 'none' or 'bf16', got {autocast!r}")
+        if replan_at is not None and not 0.0 < float(replan_at) < 1.0:
+            raise ConfigError(f"udc.replan_at must be in (0, 1) or null, got {replan_at}")
+        if int(gp_every) < 1 or float(classifier_noise) < 0:
+            raise ConfigError(f"udc: gp_every must be >= 1 and classifier_noise >= 0, got {gp_every}, {classifier_noise}")
         self.z_dim = int(z_dim)
         self.z_std = float(z_std)
-        self.generator, self.critic, self.classifier = build_nets(
-            self.img_shape, self.n_clusters, self.z_dim, int(dim), hidden, int(self.sched["critic_outputs"]),
-            pixel_range)
-        if channels_last and len(self.img_shape) == 3:  # NHWC conv kernels: same computation, faster on CPU
-            for net in (self.generator, self.critic, self.classifier):
-                net.to(memory_format=torch.channels_last)
+        image = len(self.img_shape) == 3
+        out_act = ("sigmoid" if pixel_range == "unit" else "tanh") if image else "none"  # linear G on vectors
+        # Build order = RNG order (generator, critic, classifier), then tflib's init in the same order.
+        self.generator = self.build_net("generator", in_dim=self.z_dim + self.n_clusters, img_shape=self.img_shape,
+                                        out_act=out_act)
+        self.critic = self.build_net("critic", img_shape=self.img_shape, n_out=int(self.sched["critic_outputs"]))
+        self.classifier = self.build_net("classifier", img_shape=self.img_shape, n_out=self.n_clusters)
+        for net in (self.generator, self.critic, self.classifier):
+            initialize(net, "tflib")
+        if channels_last and image:  # NHWC conv kernels: same computation, faster on CPU
+            self.to(memory_format=torch.channels_last)
         # checkpointed counters (Python mirrors avoid a host read per step)
-        self.register_buffer("gen_steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("tau_steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("planned_gen_steps", torch.zeros((), dtype=torch.long))
+        for name in ("gen_steps", "tau_steps", "planned_gen_steps"):
+            self.register_buffer(name, torch.zeros((), dtype=torch.long))
         self._t = 0  # generator steps done
         self._tau = int(tau) if tau != "auto" else 0
         self._total = 0
         self._by_clock = False  # tau=auto on a wall-clock budget: eta's stair follows the elapsed time
-        self._stair = 0
+        self._replan = False  # pinned total_gen_steps on a wall-clock budget: re-plan once at replan_at
+        self._eta_mode = "generator steps"
+        self._stair = 0  # clock mode: the current stair; step mode: a floor (the stair never goes down)
         self._critic_in_cycle = 0
         self._critic_calls = 0
         self._last_gp = torch.zeros(())
         self._fakes: dict[str, list[Any]] | None = None
-        if int(gp_every) < 1:
-            raise ConfigError(f"udc.gp_every must be >= 1, got {gp_every}")
-        if float(classifier_noise) < 0:
-            raise ConfigError(f"udc.classifier_noise must be >= 0, got {classifier_noise}")
 
     # ------------------------------------------------------------------ schedule
-    def eta(self, t: int | None = None) -> float:
-        """Eq. 8 read as eta_t = eta_0 * gamma ** floor(t / tau) ("multiply by 1.2 every 30,000").
-
-        On a wall-clock budget (``_by_clock``) the stair is floor(30 * elapsed fraction) instead; ``t``
-        is then ignored and the current stair is used."""
+    def stair(self, t: int | None = None) -> int:
+        """Eq. 8's stair: floor(t / tau) (the clock's stair on a wall-clock budget), at most LAST_STAIR."""
         if self._by_clock:
-            return float(self.sched["eta0"]) * float(self.sched["gamma"]) ** self._stair
+            return self._stair
         t = self._t if t is None else t
-        tau = max(self._tau, 1)
-        return float(self.sched["eta0"]) * float(self.sched["gamma"]) ** (t // tau)
+        return max(self._stair, min(t // max(self._tau, 1), LAST_STAIR))
+
+    def eta(self, t: int | None = None) -> float:
+        """Eq. 8 read as eta_t = eta_0 * gamma ** floor(t / tau) ("multiply by 1.2 every 30,000"), the stair
+        capped at the paper's last one (29). On a wall-clock budget ``t`` is ignored (the current stair)."""
+        return float(self.sched["eta0"]) * float(self.sched["gamma"]) ** self.stair(t)
 
     def _update_stair(self, batch_idx: int) -> None:
         """Clock-driven staircase: 30 stairs over the budget (stair 29 in the last thirtieth)."""
-        stairs = STEPS_REF // TAU_REF
-        self._stair = min(int(self.run_progress(batch_idx) * stairs), stairs - 1)
+        self._stair = min(int(self.run_progress(batch_idx) * (LAST_STAIR + 1)), LAST_STAIR)
+
+    def _maybe_replan(self, batch_idx: int) -> None:
+        """Pinned ``total_gen_steps`` on a ``max_time`` budget: once ``replan_at`` of the budget has passed,
+        total = steps so far / elapsed fraction (the host's measured rate), tau follows; the stair reached
+        so far is kept as a floor, so eta never steps down."""
+        done = self.run_progress(batch_idx)
+        if done < float(self.hparams.replan_at) or self._t < 1:
+            return
+        self._replan = False
+        self._eta_mode = f"generator steps, re-planned at {self._t} steps from the measured rate"
+        self._stair = self.stair()
+        self._total = max(round(self._t / done), 1)
+        self._tau = max(1, round(self._total * TAU_REF / STEPS_REF))
+        self.tau_steps.fill_(self._tau)
+        self.planned_gen_steps.fill_(self._total)
 
     def steps_now(self, t: int | None = None) -> tuple[int, int]:
         """(N_critic, N_class) at generator step t; the authors' code doubles both at N/3."""
@@ -340,8 +223,12 @@ class UDC(ClusteringMethod):
         self._t = int(self.gen_steps)  # resume: one host read, once
         self._critic_in_cycle = 0
         self._fakes = None
-        self._by_clock = (self.hparams.tau == "auto" and not self.hparams.total_gen_steps
-                          and self.time_budget_s() is not None)
+        self._stair = 0
+        on_clock = self.time_budget_s() is not None
+        auto = self.hparams.tau == "auto"
+        self._by_clock = auto and not self.hparams.total_gen_steps and on_clock
+        self._replan = auto and bool(self.hparams.total_gen_steps) and on_clock and bool(self.hparams.replan_at)
+        self._eta_mode = "clock (30 stairs over trainer.max_time)" if self._by_clock else "generator steps"
         planned = None if self._by_clock else self.plan_total_gen_steps()
         self._total = planned or 0
         if self._by_clock:
@@ -349,7 +236,7 @@ class UDC(ClusteringMethod):
             if self.sched["double_steps_at"] is not None:
                 raise ConfigError("udc: double_steps_at needs the run length in generator steps: set "
                                   "method.total_gen_steps when budgeting by trainer.max_time")
-        elif self.hparams.tau == "auto":
+        elif auto:
             if planned is None:
                 raise ConfigError(
                     "udc.tau=auto needs the run length in generator steps: set trainer.max_epochs, or "
@@ -361,15 +248,6 @@ class UDC(ClusteringMethod):
         self.planned_gen_steps.fill_(self._total)
 
     # ------------------------------------------------------------------ players
-    def _bf16(self) -> bool:
-        """bf16 requested and native on this device (else float32: see genclust.precision)."""
-        return self.hparams.autocast == "bf16" and use_bf16(self.device.type, "udc.autocast")
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._bf16():
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _draw(self, n: int) -> tuple[Tensor, Tensor]:
         y = torch.randint(0, self.n_clusters, (n,), device=self.device)
         z = torch.randn(n, self.z_dim, device=self.device) * self.z_std
@@ -390,14 +268,14 @@ class UDC(ClusteringMethod):
         n_c, n_k = self.steps_now()
         if self.hparams.batch_fakes:
             y, z = self._draw((n_c + n_k) * n)
-            with self._autocast():
+            with self.autocast():
                 x = self.generate(y, z).float()
             xs, ys = list(x.split(n)), list(y.split(n))
         else:  # one forward per step, as Algorithm 1 is written (reference for tests / timings)
             xs, ys = [], []
             for _ in range(n_c + n_k):
                 y, z = self._draw(n)
-                with self._autocast():
+                with self.autocast():
                     xs.append(self.generate(y, z).float())
                 ys.append(y)
         self._fakes = {"critic": xs[:n_c], "class_x": xs[n_c:], "class_y": ys[n_c:]}
@@ -409,7 +287,7 @@ class UDC(ClusteringMethod):
         k-th critic step only, weighted k * lambda, so its average weight stays lambda.
         """
         n = len(real)
-        with self._autocast():
+        with self.autocast():
             scores = self.critic_scores(torch.cat([real, fake]))  # one forward for both halves
             gp = gradient_penalty(self.critic_scores, real, fake, per_sample_alpha=True) if with_gp else None
         w = scores[:n].mean() - scores[n:].mean()
@@ -430,7 +308,7 @@ class UDC(ClusteringMethod):
 
     def classifier_loss(self, fake: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Eq. 6: cross-entropy of C on generated images against their fake labels (and logits)."""
-        with self._autocast():
+        with self.autocast():
             logits = self.classify_fakes(fake)
         return F.cross_entropy(logits, y), logits
 
@@ -460,10 +338,12 @@ class UDC(ClusteringMethod):
         # --- generator step (lines 21-29)
         if self._by_clock:
             self._update_stair(batch_idx)
+        elif self._replan:
+            self._maybe_replan(batch_idx)
         eta = self.eta()
         y, z = self._draw(n)
         with frozen(self.critic, self.classifier):  # gradients flow through D and C to G only
-            with self._autocast():
+            with self.autocast():
                 x_fake = self.generate(y, z)
                 d_fake = self.critic_scores(x_fake)
                 logits = self.classify_fakes(x_fake)
@@ -480,16 +360,12 @@ class UDC(ClusteringMethod):
                   logits: Tensor, y: Tensor, eta: float, real: Tensor) -> None:
         n = len(y)
         logs = {
-            "train/loss_d": loss_d.detach(),
+            "train/loss_d": loss_d.detach(), "train/gp": gp, "train/loss_c": loss_c.detach(),
+            "train/loss_g": loss_g.detach(), "train/eta": eta, "train/gen_step": float(self._t),
             "train/wasserstein": w,  # mean D(real) - mean D(fake) of the last critic batch (Fig. 3 b/f)
-            "train/gp": gp,
-            "train/loss_c": loss_c.detach(),
-            "train/loss_g": loss_g.detach(),
             "train/ce_fake": ce.detach(),  # L_entropy, the upper bound of Eq. 3
             "train/entropy_fake": mean_entropy(logits),  # E H(q(y|x)) on fakes (Fig. 3 a/e)
             "train/fake_acc": (logits.argmax(1) == y).float().mean(),  # fake classifying accuracy
-            "train/eta": eta,
-            "train/gen_step": float(self._t),
         }
         every = max(int(self.hparams.diag_every), 1)
         if self._t % every == 0:
@@ -503,46 +379,32 @@ class UDC(ClusteringMethod):
                 max(self.n_clusters, 2))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        betas = tuple(float(b) for b in self.hparams.betas)
-        lr = float(self.hparams.lr)
-        lr_c = float(self.hparams.lr_classifier) if self.hparams.lr_classifier else lr
-        return [
-            torch.optim.Adam(self.critic.parameters(), lr=lr, betas=betas),
-            torch.optim.Adam(self.classifier.parameters(), lr=lr_c, betas=betas),
-            torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
-        ]
-
     def optimizer_names(self) -> list[str]:
         return ["critic", "classifier", "generator"]
 
     # ------------------------------------------------------------------ contract
-    def cluster_probs(self, x: Tensor) -> Tensor:
+    def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         """softmax C(x): the approximate posterior q(y|x); its argmax is the cluster (§III-C)."""
         return F.softmax(self.classifier(x.reshape(len(x), *self.img_shape)).float(), dim=1)
 
     @torch.no_grad()
     def sample(self, n: int, cluster: int | None = None) -> Tensor:
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             y, z = self._draw(n)
             if cluster is not None:
                 y = torch.full_like(y, int(cluster))
             return self.generate(y, z)
-        finally:
-            self.train(was_training)
 
     def describe(self) -> dict[str, Any]:
         return {
             "inference": "argmax softmax C(x) (classifier trained on generated images only)",
             "schedule": self.hparams.schedule,
-            "autocast": "bf16" if self._bf16() else "none",  # what ran (a bf16 request falls back on CPUs without it)
+            "autocast": "bf16" if self.autocast_active() else "none",  # what ran (bf16 falls back without it)
             "resolved": {**{k: v for k, v in self.sched.items()}, "tau": int(self.tau_steps),
                          "planned_gen_steps": int(self.planned_gen_steps)},
             "gen_steps": int(self.gen_steps),
             "eta_final": self.eta(int(self.gen_steps)),
-            "eta_schedule": "clock (30 stairs over trainer.max_time)" if self._by_clock else "generator steps",
+            "eta_schedule": self._eta_mode,
             "parameters": {"generator": count_parameters(self.generator), "critic": count_parameters(self.critic),
                            "classifier": count_parameters(self.classifier)},
         }
@@ -560,19 +422,15 @@ class UDC(ClusteringMethod):
         return []
 
     def _cluster_grid(self, path: Path, per_row: int = 10) -> Path:
-        from torchvision.utils import save_image
+        from genclust.viz import figures
 
-        was_training = self.training
-        self.eval()
-        try:
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            z = (torch.randn(per_row, self.z_dim, generator=gen) * self.z_std).to(self.device)
-            rows = [self.generate(torch.full((per_row,), k, device=self.device, dtype=torch.long), z)
-                    for k in range(self.n_clusters)]  # same z across rows: the row is the cluster id
-        finally:
-            self.train(was_training)
-        save_image(self.to_unit_range(torch.cat(rows)).float().cpu(), path, nrow=per_row, padding=2, pad_value=1.0)
-        return path
+        gen = torch.Generator(device="cpu").manual_seed(0)  # own generator: the global RNG is untouched
+        z = (torch.randn(per_row, self.z_dim, generator=gen) * self.z_std).to(self.device)
+        with eval_mode(self):  # same z across rows: the row is the cluster id
+            rows = [self.to_unit_range(self.generate(torch.full((per_row,), k, device=self.device), z))
+                    for k in range(self.n_clusters)]
+        # SEAM: the one call site for the shared per-cluster grid (lead: viz.figures.cluster_grid(rows, path))
+        return figures.save_grid(torch.cat(rows), path, nrow=per_row, padding=2, pad_value=1.0)
 
     def _surface_plot(self, path: Path) -> Path:
         import matplotlib
