@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tree_cut: {dst} exists; choose a new folder", file=sys.stderr)
         return 2
     state = torch.load(src, map_location="cpu", weights_only=True)["tree"]
-    tree = Tree(state["_extra_state"]["spec"])
+    tree = Tree()
     tree.load_state_dict(state)
     try:
         tree.truncate(args.n_splits)

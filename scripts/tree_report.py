@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         splits.append({"split": j + 1, "node": parent_id, "mass": round(float(s_parent.sum()), 1),
                        "first_child_share_per_class": [round(float(v), 3) for v in share],
                        "classes_present": int(present.sum()), "classes_90pct_one_side": pure})
+    # the per-K curve: the tree cut after its first k - 1 splits (what the k<k> tree-cut read-outs answer)
+    tree = method.tree
+    split_probs = {name: tree.split_probs(data.x) for name, data in dm.eval_sets.items()}
     curve = []
-    for k in method.available_k():
+    for k in range(1, tree.n_leaves + 1):
         row = {"k": k}
         for name, data in dm.eval_sets.items():
-            labels = method.probs_at_k(data.x, k).argmax(1).numpy()
+            labels = tree.leaf_probs_from_split_probs(split_probs[name], k - 1).argmax(1).numpy()
             report = clustering_report(data.y.numpy(), labels)
             row.update({f"{name}/{m}": round(float(report[m]), 4) for m in ("acc", "nmi", "ari")})
         curve.append(row)

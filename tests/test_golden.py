@@ -56,3 +56,17 @@ def test_clustergan_algorithm_1_equals_the_pre_refactor_code(tmp_path):
         np.testing.assert_array_equal(z.numpy(), REFERENCE["clustergan/test40/backprop/z"])
     else:
         np.testing.assert_allclose(losses.numpy(), REFERENCE["clustergan/test40/backprop/losses"], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_predict_reproduces_every_stored_assignment(name, tmp_path):
+    """predict.py on a saved run (model.pt: weights + fitted read-outs) gives the run's own assignments."""
+    from genclust.predict import predict
+
+    run_case(name, tmp_path)
+    stored = np.load(tmp_path / "assignments.npz")
+    predict(tmp_path, out=tmp_path / "again.npz")
+    again = np.load(tmp_path / "again.npz")
+    assert stored.files == again.files and any(k.count("/") == 2 for k in stored.files) == (name != "udc")
+    for key in stored.files:
+        np.testing.assert_array_equal(again[key], stored[key], err_msg=key)

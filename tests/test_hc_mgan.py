@@ -3,6 +3,7 @@
 and a run through train.py."""
 
 import json
+from functools import partial
 
 import pytest
 import pytorch_lightning as pl
@@ -12,31 +13,30 @@ from omegaconf import OmegaConf, open_dict
 
 from genclust.data.datamodule import ClusteringDataModule
 from genclust.errors import ConfigError
-from genclust.methods.hc_mgan import HCMGAN
-from genclust.methods.hc_mgan.games import (
-    Critic,
-    RawSplitGame,
-    RefinementGame,
-    SplitMember,
-    build_generator,
-    instance_noise,
-    net_spec,
-)
+from genclust.methods.hc_mgan import HCMGAN, games
+from genclust.methods.hc_mgan.games import RawSplitGame, RefinementGame, d_loss, instance_noise
 from genclust.methods.hc_mgan.tree import Tree
+from genclust.nets import hc_mgan as nets
 from genclust.nets.blocks import count_parameters
+from genclust.nets.hc_mgan import Critic, SplitMember
+from genclust.readouts import TreeCutReadout
 from genclust.train import run
 from tests.helpers import compose_cfg, options, run_cli
 
-TINY = dict(g_channels=8, d_channels=[4, 8, 8], z_dim=8, mlp_hidden=16, batch_size=32, gen_batch_size=16)
+TINY_NETS = {"generator": partial(nets.generator, g_channels=8, mlp_hidden=16),
+             "critic": partial(nets.critic, d_channels=[4, 8, 8], mlp_hidden=16)}
+OPTIM = {player: partial(torch.optim.Adam, lr=lr, betas=(0.5, 0.999))
+         for player, lr in (("discriminator", 1e-4), ("classifier", 2e-5), ("generator", 2e-4))}
+TINY = dict(z_dim=8, batch_size=32, gen_batch_size=16)
 DIGITS = dict(name="digits", n_clusters=10, img_shape=[1, 8, 8], fit_on=["train"],
               evaluate_on={"train": ["train"], "test": ["test"]},
               source={"_target_": "genclust.data.sources.digits", "train_fraction": 0.8, "seed": 0})
 
 
-def make(k=3, img_shape=(1, 8, 8), **kw):
+def make(k=3, img_shape=(1, 8, 8), raw=None, ref=None, **kw):
     torch.manual_seed(0)
-    hp = {**TINY, "raw_epochs": 1, "refine_epochs": 1, "n_refinements": 1, **kw}
-    return HCMGAN(k, list(img_shape), **hp)
+    hp = {**TINY, "raw_split": {"epochs": 1, **(raw or {})}, "refinement": {"epochs": 1, "count": 1, **(ref or {})}, **kw}
+    return HCMGAN(k, list(img_shape), nets=TINY_NETS, optim=OPTIM, **hp)
 
 
 def digits_dm(model):
@@ -46,24 +46,31 @@ def digits_dm(model):
 
 
 def trainer_factory(root, batches=2, calls=None, callbacks=(), max_epochs=1):
+    """train.py's make_trainer: a quick trainer (limit_train_batches) whose max_epochs caps every stage."""
     def make_trainer(**overrides):
         if calls is not None:
-            calls.append(1)
-        return pl.Trainer(accelerator="cpu", max_epochs=max_epochs, limit_train_batches=batches, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                          default_root_dir=str(root), callbacks=list(callbacks), **overrides)
+            calls.append(overrides.get("max_epochs"))
+        kwargs = dict(accelerator="cpu", max_epochs=max_epochs, limit_train_batches=batches, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=str(root), callbacks=list(callbacks))
+        return pl.Trainer(**{**kwargs, **overrides})
     return make_trainer
 
 
 # ----------------------------------------------------------------------------------------- configs
 def test_method_defaults_are_the_papers():
     m = instantiate(compose_cfg(["method=hc_mgan", "dataset=mnist_test"]).method, _convert_="all")
-    hp = m.hparams
-    assert (hp.batch_size, hp.gen_batch_size, hp.z_dim, hp.z_prior) == (100, 100, 100, "uniform01")  # Tables 2-3
-    assert (hp.lr_g, hp.lr_d, hp.lr_c, list(hp.betas), hp.lambda_cls) == (2e-4, 1e-4, 2e-5, [0.5, 0.999], 1.0)
-    assert (hp.raw_epochs, hp.refine_epochs, hp.noise_start, hp.n_refinements) == (120, 120, 1.0, 6)
-    assert (hp.g_channels, list(hp.d_channels), hp.refine_gens_per_group) == (128, [128, 256, 512], 1)
-    assert m.pixel_range == "tanh" and not hp.raw_lambda_squared and hp.refine_cls_reduction == "sum"
+    gs = m.game_settings
+    assert (m.batch_size, gs.gen_batch_size, gs.z_dim, gs.z_prior) == (100, 100, 100, "uniform01")  # Tables 2-3
+    opt = {p: m.optim_factories[p] for p in ("generator", "discriminator", "classifier")}
+    assert all(f.func is torch.optim.Adam and list(f.keywords["betas"]) == [0.5, 0.999] for f in opt.values())
+    assert [opt[p].keywords["lr"] for p in ("generator", "discriminator", "classifier")] == [2e-4, 1e-4, 2e-5]
+    assert gs.lambda_cls == 1.0 and (m.raw.epochs, m.ref.epochs, m.noise.start, m.ref.count) == (120, 120, 1.0, 6)
+    assert m.net_factories["generator"].keywords["g_channels"] == 128
+    assert list(m.net_factories["critic"].keywords["d_channels"]) == [128, 256, 512] and m.ref.gens_per_group == 1
+    assert m.pixel_range == "tanh" and not m.raw.lambda_squared and m.ref.cls_reduction == "sum"
+    # the code's variants are options, the defaults keep the current behaviour
+    assert (gs.d_fake_weighting, gs.fake_draw) == ("per_batch", "once")
 
 
 @pytest.mark.parametrize("experiment", [e for e in options("experiment") if e.startswith("hc_mgan_")])
@@ -74,29 +81,41 @@ def test_experiments_compose(experiment):
     assert cfg.callbacks.evaluator.every_n_epochs == 0  # a growing tree is scored per K at the end
     if experiment in ("hc_mgan_mnist", "hc_mgan_fmnist"):  # paper settings (Table 3)
         fm = experiment == "hc_mgan_fmnist"
-        assert (m.hparams.n_refinements, m.hparams.noise_start) == ((8, 1.5) if fm else (6, 1.0))
-        assert m.hparams.raw_epochs == m.hparams.refine_epochs == 120
+        assert (m.ref.count, m.noise.start) == ((8, 1.5) if fm else (6, 1.0))
+        assert m.raw.epochs == m.ref.epochs == 120
+    if experiment.endswith("_cpu"):  # CPU budget: the cpu_budget trainer with a time cap
+        assert cfg.trainer.max_time and cfg.method.autocast == "bf16"
 
 
 # -------------------------------------------------------------------------------------------- nets
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 16, 16), (1, 28, 28), (3, 32, 32), (2,)])
 def test_net_shapes_every_input_size(shape):
-    spec = net_spec(shape, 8, 8, [4, 8, 8], 16)
-    x = build_generator(spec)(torch.rand(5, 8))
+    x = nets.generator(8, shape, "tanh", g_channels=8, mlp_hidden=16)(torch.rand(5, 8))
     assert tuple(x.shape) == (5, *shape)
     if len(shape) == 3:
         assert x.min() >= -1 and x.max() <= 1  # tanh
-    critic = Critic(spec)
+    critic = nets.critic(shape, [4, 8, 8], 16)
     assert critic.d_head(critic.trunk(x)).shape == (5, 1) and critic.c_head(critic.trunk(x)).shape == (5, 2)
-    assert SplitMember(spec)(x).shape == (5, 2)
+    assert SplitMember(shape, [4, 8, 8], 16)(x).shape == (5, 2)
+    assert nets.from_arch(critic.member_arch)(x).shape == (5, 2)
+
+
+def test_generator_output_follows_the_pixel_range():
+    g = nets.generator(8, (1, 8, 8), "unit", g_channels=8)
+    assert isinstance(g[-1], torch.nn.Sigmoid) and isinstance(nets.generator(8, (1, 8, 8), "tanh")[-1], torch.nn.Tanh)
+    x = g(torch.randn(64, 8) * 10)
+    assert x.min() >= 0 and x.max() <= 1
+    m = make(pixel_range="unit")
+    assert isinstance(m.make_generator()[-1], torch.nn.Sigmoid)
+    with pytest.raises(ConfigError, match="pixel_range"):
+        nets.generator(8, (1, 8, 8), "bytes")
 
 
 def test_paper_architecture_28x28():
-    spec = net_spec((1, 28, 28), 100, 128, [128, 256, 512], 256)
-    g = build_generator(spec)
+    g = nets.generator(100, (1, 28, 28), g_channels=128)
     # Table 2: FC 100 -> 7*7*128, deconv 128 -> 64 (4x4), deconv 64 -> 1 (4x4)
     assert count_parameters(g) == (100 * 6272 + 6272) + (128 * 64 * 16 + 64) + (64 * 16 + 1)
-    critic = Critic(spec)
+    critic = Critic((1, 28, 28), [128, 256, 512])
     # three conv 5x5 (128, 256, 512) + LayerNorm over (C,H,W) on 14x14, 7x7, 4x4 maps; heads on 512*4*4
     convs = (25 * 128 + 128) + (128 * 25 * 256 + 256) + (256 * 25 * 512 + 512)
     norms = 2 * (128 * 14 * 14 + 256 * 7 * 7 + 512 * 4 * 4)
@@ -110,7 +129,13 @@ def test_rejects_bad_settings():
     with pytest.raises(ConfigError):
         make(z_prior="gaussian-ish")
     with pytest.raises(ConfigError):
-        make(refine_cls_reduction="max")
+        make(ref={"cls_reduction": "max"})
+    with pytest.raises(ConfigError, match="unknown refinement keys"):
+        make(ref={"n_refinements": 2})
+    with pytest.raises(ConfigError, match="d_fake_weighting"):
+        make(d_fake_weighting="eq3")
+    with pytest.raises(ConfigError, match="fake_draw"):
+        make(ref={"fake_draw": "twice"})
 
 
 # ------------------------------------------------------------------------------ noise / arithmetic
@@ -127,13 +152,13 @@ def test_additive_instance_noise_is_the_same_everywhere():
     noise = instance_noise(x, 1.5, "additive") - x
     assert all(abs(float(noise[:, j].std()) - 1.5) < 0.1 for j in range(3))
     assert torch.equal(instance_noise(x, 0.0, "additive"), x)
-    assert make(noise_kind="additive").game_hp["noise_kind"] == "additive"
-    with pytest.raises(ConfigError, match="noise_kind"):
-        make(noise_kind="salt")
+    assert make(noise={"kind": "additive"}).game_settings.noise_kind == "additive"
+    with pytest.raises(ConfigError, match="noise.kind"):
+        make(noise={"kind": "salt"})
 
 
 def test_noise_schedule_reaches_zero_in_the_last_epoch():
-    m = make(noise_start=1.5)
+    m = make(noise={"start": 1.5})
 
     class FakeTrainer:
         max_epochs = 4
@@ -149,29 +174,30 @@ def test_noise_schedule_reaches_zero_in_the_last_epoch():
 
 
 def test_leaf_probs_are_products_along_paths():
-    tree = Tree(net_spec((1, 8, 8), 8, 8, [4, 8, 8], 16))
+    tree = Tree()
+    member = partial(SplitMember, (1, 8, 8), [4, 8, 8], 16)
     tree.init_root(4)
     s0 = tree.memberships[0]
     p = torch.tensor([0.2, 0.5, 0.1, 0.0], dtype=torch.float64)
-    tree.commit_split(0, p * s0, s0 - p * s0, [SplitMember(tree.spec)], [], [], {})
+    tree.commit_split(0, p * s0, s0 - p * s0, [member()], [], [], {})
     assert tree.next_node() == 2  # node 2 carries 3.2 of the 4 examples' mass
     q = torch.tensor([0.5, 0.1, 0.0, 0.3], dtype=torch.float64)
     s2 = tree.memberships[2]
-    tree.commit_split(2, q * s2, s2 - q * s2, [SplitMember(tree.spec)], [], [], {})
+    tree.commit_split(2, q * s2, s2 - q * s2, [member()], [], [], {})
     assert tree.leaves() == [1, 3, 4] and tree.leaves(1) == [1, 2]
     probs = tree.leaf_probs_from_split_probs(torch.stack([p, q], 1), 2)
     expect = torch.stack([p, (1 - p) * q, (1 - p) * (1 - q)], 1)
     assert torch.allclose(probs, expect) and torch.allclose(tree.leaf_memberships(), expect)
     with pytest.raises(RuntimeError):  # mass must be conserved
-        tree.commit_split(1, s0, s0, [SplitMember(tree.spec)], [], [], {})
+        tree.commit_split(1, s0, s0, [member()], [], [], {})
 
 
 class Recorder:
     """Stands in for the LightningModule: records which parameters each player's loss reaches."""
 
-    def __init__(self, game):
+    def __init__(self, game, method):
         self.game = game
-        self.opts = dict(zip(game.optimizer_names(), game.configure_optimizers()))
+        self.opts = {name: method.make_optimizer(player, params) for name, player, params in game.players()}
         self.reached = {}
 
     def update(self, name, loss):
@@ -190,8 +216,8 @@ class Recorder:
 
 def test_raw_split_players_and_gradients():
     m = make()
-    game = RawSplitGame(m.spec, m.game_hp)
-    rec = Recorder(game)
+    game = m.new_game("raw")
+    rec = Recorder(game, m)
     game.training_step(rec, torch.rand(32, 1, 8, 8) * 2 - 1, noise=0.5)
     assert rec.opts.keys() == {"discriminator", "classifier", "generator"}
     # D's loss trains the shared trunk and D's head; C's loss reaches only C's linear head (Table 2
@@ -205,9 +231,9 @@ def test_raw_split_players_and_gradients():
 
 
 def test_refinement_players_and_cross_terms():
-    m = make(refine_gens_per_group=2)
-    game = RefinementGame(m.spec, m.game_hp)
-    rec = Recorder(game)
+    m = make(ref={"gens_per_group": 2})
+    game = m.new_game("refine")
+    rec = Recorder(game, m)
     real = torch.rand(32, 1, 8, 8) * 2 - 1
     game.training_step(rec, real, real.flip(0), noise=0.0)
     assert list(rec.opts) == [f"{p}_{g}" for g in "lm" for p in ("discriminator", "classifier", "generator")]
@@ -222,35 +248,73 @@ def test_refinement_players_and_cross_terms():
 
 
 def test_warm_start_continues_the_previous_stage():
-    m = make(refine_gens_per_group=2, warm_start="refine")
-    raw = RawSplitGame(m.spec, m.game_hp)
-    ref = RefinementGame(m.spec, m.game_hp)
+    m = make(ref={"gens_per_group": 2, "warm_start": "refine"})
+    raw = RawSplitGame(m.make_generator, m.make_critic, m.game_settings)
+    ref = RefinementGame(m.make_generator, m.make_critic, m.game_settings)
     ref.warm_start("raw", raw.state_dict())
     z, x = torch.rand(3, 8), torch.rand(3, 1, 8, 8)
     assert torch.equal(ref.group_l.generators[1](z), raw.generators[0](z))  # G_alpha -> group l
     assert torch.equal(ref.group_m.generators[0](z), raw.generators[1](z))  # G_beta -> group m
     for group in (ref.group_l, ref.group_m):
         assert torch.equal(group.critic.c_head(group.critic.trunk(x)), raw.critic.c_head(raw.critic.trunk(x)))
-    nxt = RefinementGame(m.spec, m.game_hp)
+    nxt = m.new_game("refine")
     nxt.warm_start("refine", ref.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(nxt.state_dict().values(), ref.state_dict().values()))
 
 
+def test_d_fake_weighting_eq2_weights_each_generator():
+    critic = Critic((1, 8, 8), [4, 8, 8], 16)
+    real, fake = torch.rand(6, 1, 8, 8), torch.rand(8, 1, 8, 8)
+    logits = critic.d_head(critic.trunk(torch.cat([real, fake])))
+    bce = games.bce(logits[:6], 1.0), games.bce(logits[6:], 0.0)
+    assert torch.allclose(d_loss(critic, real, fake, 2, "per_batch"), bce[0] + bce[1])  # the code: 1:1
+    assert torch.allclose(d_loss(critic, real, fake, 2, "eq2"), bce[0] + 2 * bce[1])  # Eq. 2: 1 real : 2 fake terms
+
+
+@pytest.mark.parametrize(("draw", "n_z"), [("once", 1), ("per_group", 2)])
+def test_refinement_fake_draws(draw, n_z, monkeypatch):
+    m = make(ref={"fake_draw": draw})
+    game = m.new_game("refine")
+    drawn = []
+    sample_z = games.sample_z
+    monkeypatch.setattr(games, "sample_z", lambda *a: drawn.append(1) or sample_z(*a))
+    real = torch.rand(32, 1, 8, 8) * 2 - 1
+    game.training_step(Recorder(game, m), real, real.flip(0), noise=0.0)
+    assert len(drawn) == n_z  # Alg. 3 line 3 draws x_hat once; the code redraws before group m
+
+
 # ------------------------------------------------------------------------------------- smoke tree
+class StageWeights(pl.Callback):
+    """Records, per stage fit, the mass of the sampling weights and the batches of the weighted epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_start(self, trainer, pl_module):
+        w = pl_module.sampling_weights()
+        self.seen.append((round(float(w.sum()), 6), trainer.datamodule.batches_per_epoch(), trainer.max_epochs))
+
+
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory):
     root = tmp_path_factory.mktemp("hc_tree")
-    m = make(k=3, n_refinements=2, raw_epochs=2)
+    m = make(k=3, ref={"count": 2}, raw={"epochs": 2})
     dm = digits_dm(m)
-    calls = []
-    m.fit_method(trainer_factory(root, calls=calls), dm)
-    return m, dm, root, calls
+    calls, weights = [], StageWeights()
+    m.fit_method(trainer_factory(root, calls=calls, callbacks=[weights]), dm)
+    return m, dm, root, calls, weights
 
 
 def test_tree_grows_to_k_leaves_and_conserves_mass(grown):
-    m, dm, root, calls = grown
+    m, dm, root, calls, weights = grown
     tree = m.tree
-    assert tree.n_leaves == 3 and tree.n_splits == 2 and len(calls) == 2 * 3  # raw + 2 refinements per split
+    # a probe trainer, then one per stage (raw + 2 refinements per split), each capped at the quick trainer's 1 epoch
+    assert calls == [None] + [1] * (2 * 3)
+    # the stage's weights reach the sampler through sampling_weights(): P_{s_k}, and s_k / 2 in refinements
+    n = len(dm.fit_set)
+    assert [w for w, _, _ in weights.seen[:3]] == [n, n / 2, n / 2]
+    assert weights.seen[0][1] == n // m.batch_size and weights.seen[1][1] == n // (2 * m.batch_size)
+    assert m.sampling_weights() is None and dm.current_weights() is None  # none outside a stage
     assert tree.splits[1]["node"] == max((1, 2), key=lambda k: tree.nodes[k]["mass"])  # heaviest leaf next
     for s in tree.splits:
         parent = tree.memberships[s["node"]]
@@ -263,17 +327,23 @@ def test_tree_grows_to_k_leaves_and_conserves_mass(grown):
 
 
 def test_clusters_new_data_and_reproduces_memberships(grown):
-    m, dm, _, _ = grown
+    m, dm, *_ = grown
     test = dm.eval_sets["test"].x
     probs = m.assign_in_batches(test)[0]
     assert probs.shape == (len(test), 3) and torch.allclose(probs.sum(1), torch.ones(len(test)), atol=1e-5)
-    assert m.available_k() == [1, 2, 3]
+    m.fit_readouts(dm.fit_set.x)  # one tree-cut read-out per K the tree passed through
+    assert sorted(m.readouts) == ["k1", "k2", "k3"] and all(isinstance(r, TreeCutReadout) for r in m.readouts.values())
+    assert [m.readouts[f"k{k}"].cut_k for k in (1, 2, 3)] == [1, 2, 3]
+    pred = m.predict_in_batches(test)
     for k in (1, 2, 3):
-        pk = m.probs_at_k(test, k)
+        pk = pred[f"k{k}/probs"]
         assert pk.shape == (len(test), k) and torch.allclose(pk.sum(1), torch.ones(len(test)), atol=1e-5)
-    assert torch.allclose(m.probs_at_k(test, 3), probs, atol=1e-6)
+        assert torch.equal(pred[f"k{k}/labels"], pk.argmax(1))
+    assert torch.allclose(pred["k3/probs"], probs, atol=1e-6)
+    split_probs = m.embed(test, "split_probs")
+    assert torch.allclose(m.tree.leaf_probs_from_split_probs(split_probs, 1).float(), pred["k2/probs"])
     # on the fit set the path products are the membership vectors
-    fit_probs = m.probs_at_k(dm.fit_set.x, 3).double()
+    fit_probs = m.predict_in_batches(dm.fit_set.x)["k3/probs"].double()
     assert torch.allclose(fit_probs, m.tree.leaf_memberships(), atol=1e-5)
     imgs = m.sample(6, cluster=2)
     assert imgs.shape == (6, 1, 8, 8) and imgs.abs().max() <= 1
@@ -281,18 +351,22 @@ def test_clusters_new_data_and_reproduces_memberships(grown):
 
 
 def test_checkpoint_clusters_new_data(grown, tmp_path):
-    m, dm, _, _ = grown
+    m, dm, *_ = grown
+    m.fit_readouts(dm.fit_set.x)
     path = tmp_path / "m.pt"
     torch.save({"state_dict": m.state_dict()}, path)
-    fresh = make(k=3, n_refinements=2, raw_epochs=2)
-    fresh.load_state_dict(torch.load(path, weights_only=True)["state_dict"])  # strict; the tree rebuilds its nets
+    fresh = make(k=3, ref={"count": 2}, raw={"epochs": 2})
+    # strict; the tree rebuilds its nets and the tree-cut read-outs are recreated from their keys
+    fresh.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    assert sorted(fresh.readouts) == ["k1", "k2", "k3"]
     test = dm.eval_sets["test"].x
-    assert torch.allclose(fresh.assign_in_batches(test)[0], m.assign_in_batches(test)[0], atol=1e-6)
+    got, want = fresh.predict_in_batches(test), m.predict_in_batches(test)
+    assert got.keys() == want.keys() and all(torch.allclose(got[k].float(), want[k].float(), atol=1e-6) for k in got)
     assert fresh.describe()["hc_mgan"]["n_splits"] == 2
 
 
 def test_figures(grown, tmp_path):
-    m, _, _, _ = grown
+    m, *_ = grown
     paths = m.save_figures(tmp_path)
     assert {p.name for p in paths} == {"hc_mgan_tree.png", "hc_mgan_tree_generated.png", "hc_mgan_class_mass.json"}
     masses = json.loads((tmp_path / "hc_mgan_class_mass.json").read_text())
@@ -304,7 +378,7 @@ def test_single_cluster_is_the_root():
     dm = digits_dm(m)
     calls = []
     m.fit_method(trainer_factory("unused-root", calls=calls), dm)
-    assert m.tree.n_leaves == 1 and len(calls) == 1  # one trainer made (the returned one), no fit
+    assert m.tree.n_leaves == 1 and calls == [None]  # the probe trainer only (returned), no fit
     assert torch.equal(m.cluster_probs(dm.fit_set.x[:5]), torch.ones(5, 1)) and m.sample(3) is None
 
 
@@ -326,7 +400,7 @@ class StopAtFit(pl.Callback):
 
 
 def test_resume_after_an_interrupted_split(tmp_path):
-    m = make(k=3, n_refinements=2, warm_start="refine")
+    m = make(k=3, ref={"count": 2, "warm_start": "refine"})
     dm = digits_dm(m)
     # fits: split 1 = 1..3, split 2 = raw (4), refinement 1 (5), refinement 2 (6): killed at 6
     with pytest.raises(Interrupt):
@@ -336,10 +410,10 @@ def test_resume_after_an_interrupted_split(tmp_path):
     assert len(saved["_extra_state"]["splits"]) == 1
     first_split = saved["_extra_state"]["memberships"]
 
-    again = make(k=3, n_refinements=2, warm_start="refine")  # refinement 2 starts from the saved refinement 1
+    again = make(k=3, ref={"count": 2, "warm_start": "refine"})  # refinement 2 starts from the saved refinement 1
     calls = []
     again.fit_method(trainer_factory(tmp_path, calls=calls), digits_dm(again))
-    assert again.tree.n_splits == 2 and len(calls) == 1  # only refinement 2 of split 2 was run again
+    assert again.tree.n_splits == 2 and calls == [None, 1]  # the probe, then only refinement 2 of split 2
     assert again.tree.splits[1]["refinements"] == 2 and len(again.tree.splits[1]["seconds"]) == 3
     assert torch.equal(again.tree.memberships[1], first_split[1])  # split 1 was not redone
     assert not (tmp_path / "tree" / "in_progress.pt").exists()
@@ -348,8 +422,8 @@ def test_resume_after_an_interrupted_split(tmp_path):
 # -------------------------------------------------------------------------------------- train.py
 def test_train_py_smoke_on_digits(tmp_path):
     cfg = compose_cfg(["method=hc_mgan", "dataset=digits", "trainer=smoke", "logger=none",
-                       "method.n_clusters=3", "method.n_refinements=1", "method.raw_epochs=2",
-                       "method.refine_epochs=2"], output_dir=tmp_path)
+                       "method.n_clusters=3", "method.refinement.count=1", "method.raw_split.epochs=2",
+                       "method.refinement.epochs=2"], output_dir=tmp_path)
     result = run(cfg)
     assert [row["k"] for row in result["per_k"]] == [1, 2, 3]
     assert result["method_info"]["hc_mgan"]["n_splits"] == 2
@@ -393,8 +467,8 @@ class CountEpochs(pl.Callback):
 
 def test_collapse_restarts_and_the_last_attempt_runs_its_whole_schedule(tmp_path):
     # every check "sees" a collapse: attempts 1..2 stop at the first check, the kept last one trains on
-    m = make(k=2, n_refinements=0, raw_epochs=3, collapse_check_from=1, collapse_check_every=1,
-             collapse_threshold=1e9, max_attempts=3)
+    m = make(k=2, ref={"count": 0}, raw={"epochs": 3},
+             collapse={"check_from": 1, "check_every": 1, "threshold": 1e9, "max_attempts": 3})
     counter = CountEpochs()
     m.fit_method(trainer_factory(tmp_path, callbacks=[counter], max_epochs=3), digits_dm(m))
     assert counter.epochs_per_fit == [1, 1, 3]
@@ -402,10 +476,10 @@ def test_collapse_restarts_and_the_last_attempt_runs_its_whole_schedule(tmp_path
 
 
 def test_a_massless_child_skips_the_refinements(tmp_path, monkeypatch):
-    m = make(k=2, n_refinements=2)
+    m = make(k=2, ref={"count": 2})
     monkeypatch.setattr(HCMGAN, "_first_child_prob", lambda self, members, device: torch.ones(len(self._fit_x),
                                                                                              dtype=torch.float64))
     calls = []
     with pytest.warns(UserWarning, match="skipping the remaining refinements"):
         m.fit_method(trainer_factory(tmp_path, calls=calls), digits_dm(m))
-    assert len(calls) == 1 and m.tree.n_leaves == 2  # the raw split only
+    assert calls == [None, 1] and m.tree.n_leaves == 2  # the probe, then the raw split only

@@ -206,3 +206,18 @@ def test_one_autocast_key():
     assert check_autocast("bf16") == "bf16"
     with pytest.raises(ConfigError, match="autocast"):
         ClusteringMethod(3, [5], autocast="fp8")
+
+
+@pytest.mark.parametrize("shape,channels", [((1, 8, 8), (8, 16, 32)), ((1, 28, 28), (16, 32)), ((3, 32, 32), (8, 16, 32))])
+def test_autoencoder_pair_mirrors_its_levels(shape, channels):
+    from genclust.nets.autoencoder import ConvDecoder, ConvEncoder
+
+    enc, dec = ConvEncoder(shape, 6, channels), ConvDecoder(3, shape, channels)
+    x = torch.rand(4, *shape)
+    code, enc_maps = enc(x, features=True)
+    out, dec_maps = dec(code[:, :3], features=True)
+    assert code.shape == (4, 6) and out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    # the decoder's level l has the shape of the encoder's level l (layer matching, HRWAE-GAN Eq. 10)
+    assert [m.shape for m in enc_maps] == [m.shape for m in dec_maps[::-1]]
+    with pytest.raises(ConfigError, match="divisible"):
+        ConvEncoder((1, 28, 28), 6, (8, 16, 32))

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from genclust.data.datamodule import PIXEL_RANGES
 from genclust.errors import ConfigError, DivergenceError
+from genclust.latent import ExampleState
 from genclust.nets.blocks import eval_mode
 from genclust.precision import autocast, autocast_active, check_autocast
 from genclust.readouts import Readout
@@ -315,6 +316,24 @@ class ClusteringMethod(pl.LightningModule):
             out = [self.embed(x[i: i + batch_size].to(self.device), name).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out)
 
+    # ------------------------------------------------------------------ per-example state
+    def sync_example_state(self) -> None:
+        """Merge every :class:`~genclust.latent.ExampleState` across DDP ranks (a collective: the evaluator
+        and checkpointing call it on every rank; a no-op in a single process)."""
+        for module in self.modules():
+            if isinstance(module, ExampleState):
+                module.sync()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning collected the state_dict before this hook: re-read the merged per-example tables.
+        names = {name for name, m in self.named_modules() if isinstance(m, ExampleState)}
+        if not names:
+            return
+        self.sync_example_state()
+        for key, value in self.state_dict().items():
+            if key.rpartition(".")[0] in names:
+                checkpoint["state_dict"][key] = value
+
     # ------------------------------------------------------------------ read-outs
     def prepare_readouts(self) -> None:
         """Hook before ``fit_readouts`` (e.g. HC-MGAN adds one tree-cut read-out per K of its tree)."""
@@ -327,9 +346,9 @@ class ClusteringMethod(pl.LightningModule):
     def fit_readouts(self, x: Tensor, batch_size: int = 1024) -> None:
         """Fit every read-out once on the fit set ``x`` (train.py calls this after training)."""
         self.prepare_readouts()
-        cache: dict[str, Any] = {}
+        cache: dict[tuple[str, int | None], Any] = {}  # one embedding pass per embedding (a tree cut: per k)
         for readout in self.readouts.values():
-            key = readout.embedding
+            key = (readout.embedding, readout.cut_k)
             if key not in cache:
                 cache[key] = self.readout_fit_input(readout, x, batch_size)
             readout.fit(cache[key])

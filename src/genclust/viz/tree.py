@@ -1,4 +1,4 @@
-"""HC-MGAN's tree figures (paper Fig. 5/6 and supplementary Fig. 7).
+"""HC-MGAN's tree figures (paper Fig. 5/6 and supplementary Fig. 7), drawn from a ``Tree`` and the fit set.
 
 * ``hc_mgan_tree.png``: per node a 5x5 grid of real fit-set examples drawn in proportion to s_k, with a
   key of the class masses sum_i s_k,i 1(c_i = A) in a font size that grows with the mass (labels are
@@ -10,14 +10,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from genclust.nets.blocks import eval_mode
+
 if TYPE_CHECKING:  # pragma: no cover
-    from genclust.methods.hc_mgan.module import HCMGAN
+    from genclust.methods.hc_mgan.tree import Tree
 
 FMNIST_NAMES = ("tshirt", "pants", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
@@ -37,9 +40,9 @@ def _grid(images: Tensor, nrow: int = 5) -> Tensor:
     return make_grid(images.clamp(0, 1).cpu(), nrow=nrow, padding=1, pad_value=1.0)
 
 
-def _layout(model: HCMGAN) -> dict[int, tuple[float, int]]:
+def _layout(tree: Tree) -> dict[int, tuple[float, int]]:
     """x (in-order leaf slots) and depth for each node."""
-    nodes, pos, slot = model.tree.nodes, {}, [0]
+    nodes, pos, slot = tree.nodes, {}, [0]
 
     def visit(k: int) -> float:
         children = nodes[k]["children"]
@@ -55,8 +58,16 @@ def _layout(model: HCMGAN) -> dict[int, tuple[float, int]]:
     return pos
 
 
-def save_tree_figures(model: HCMGAN, out_dir: Path) -> list[Path]:
-    if not model.tree.initialized or len(model.img_shape) != 3:
+def save_tree_figures(tree: Tree, out_dir: Path, img_shape: Sequence[int], generate_node: Callable[[int, int], Tensor],
+                      to_unit_range: Callable[[Tensor], Tensor], fit_x: Tensor | None = None,
+                      fit_y: Tensor | None = None, dataset: str = "") -> list[Path]:
+    """The tree figures and ``hc_mgan_class_mass.json`` in ``out_dir``.
+
+    ``generate_node(node, n)``: n images of a node's generator(s) in the method's pixel range;
+    ``to_unit_range``: those images in [0, 1]; ``fit_x`` / ``fit_y``: the fit set the tree was grown on
+    (real grids; labels only for the class key), ``dataset``: its name (class names).
+    """
+    if not tree.initialized or len(img_shape) != 3:
         return []
     import matplotlib
 
@@ -64,19 +75,18 @@ def save_tree_figures(model: HCMGAN, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tree = model.tree
     g = torch.Generator().manual_seed(0)
     real: dict[int, Tensor] = {}
     keys: dict[int, list[tuple[str, float]]] = {}
     class_mass: dict[int, list[float]] = {}
-    if model._fit_x is not None and tree.n_fit == len(model._fit_x):
-        y = model._fit_y
+    if fit_x is not None and tree.n_fit == len(fit_x):
+        y = fit_y
         n_cls = int(y.max()) + 1 if y is not None and len(y) else 0
-        names = _class_names(model._dataset_name, n_cls)
+        names = _class_names(dataset, n_cls)
         for node in tree.nodes:
             s = tree.memberships[node["id"]]
             idx = torch.multinomial(s.float() / s.sum(), 25, replacement=True, generator=g)
-            real[node["id"]] = _grid(model.to_unit_range(model._fit_x[idx].float()))
+            real[node["id"]] = _grid(to_unit_range(fit_x[idx].float()))
             if y is not None:
                 mass = torch.zeros(n_cls, dtype=torch.float64).index_add_(0, y.long(), s)
                 class_mass[node["id"]] = mass.tolist()
@@ -84,17 +94,14 @@ def save_tree_figures(model: HCMGAN, out_dir: Path) -> list[Path]:
                 keys[node["id"]] = sorted(((names[c], f) for c, f in enumerate(frac) if f >= 0.02),
                                           key=lambda t: -t[1])
     generated: dict[int, Tensor] = {}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(tree), torch.no_grad():
         for node in tree.nodes[1:]:
-            generated[node["id"]] = _grid(model.to_unit_range(model._generate_node(node["id"], 25).float()))
-    model.train(was_training)
+            generated[node["id"]] = _grid(to_unit_range(generate_node(node["id"], 25).float()))
 
     paths = []
     if class_mass:
-        paths.append(_write_class_masses(model, class_mass, out_dir / "hc_mgan_class_mass.json"))
-    pos = _layout(model)
+        paths.append(_write_class_masses(tree, class_mass, out_dir / "hc_mgan_class_mass.json"))
+    pos = _layout(tree)
     n_slots = max(x for x, _ in pos.values()) + 1
     depth = max(d for _, d in pos.values()) + 1
     for name, panels in (("hc_mgan_tree.png", ("real",)), ("hc_mgan_tree_generated.png", ("real", "generated"))):
@@ -149,11 +156,11 @@ def save_tree_figures(model: HCMGAN, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _write_class_masses(model: HCMGAN, class_mass: dict[int, list[float]], path: Path) -> Path:
+def _write_class_masses(tree: Tree, class_mass: dict[int, list[float]], path: Path) -> Path:
     """Per node sum_i s_k,i 1(c_i = A) (the figure's key) and, per split, each class's share of the
     node's class mass that went to the first child and to its majority side."""
     splits = []
-    for s in model.tree.splits:
+    for s in tree.splits:
         parent, first = class_mass[s["node"]], class_mass[s["children"][0]]
         share = [f / p if p > 0 else 0.0 for f, p in zip(first, parent)]
         splits.append({"split": s["index"], "node": s["node"], "children": s["children"],

@@ -1,22 +1,24 @@
 """HC-MGAN (de Mello, Assunção, Murai, AAAI 2022): top-down deep clustering with multi-generator GANs.
 
 The tree grows by splitting the leaf with the largest mass until ``n_clusters`` leaves (Algorithm 1):
-every split is a raw split (Algorithm 2) followed by ``n_refinements`` refinements (Algorithms 3-4),
-each one Lightning fit driven from :meth:`HCMGAN.fit_method`. After every fit the fit set's membership
-vectors are re-estimated with the fit's classifier(s); the tree (memberships, split classifiers, leaf
-generators, metadata) is written to ``<root>/tree/`` after every stage and is part of ``state_dict``, so
-a run restarted in the same folder resumes at the first unfinished stage and a checkpoint clusters new data.
+every split is a raw split (Algorithm 2) followed by ``refinement.count`` refinements (Algorithms 3-4),
+each one Lightning fit (``make_trainer(max_epochs=<stage length>)``) driven from :meth:`HCMGAN.fit_method`;
+real batches follow the stage's membership weights through ``sampling_weights()``. After every fit the
+fit set's membership vectors are re-estimated with the fit's classifier(s); the tree (memberships, split
+classifiers, leaf generators, metadata) is written to ``<root>/tree/`` after every stage and is part of
+``state_dict``, so a run restarted in the same folder resumes at the first unfinished stage and a
+checkpoint clusters new data. The per-K curve: one tree-cut read-out ``k<k>`` per number of leaves.
 
 Choices beyond the paper are documented where they are made and in ``configs/method/hc_mgan.yaml``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +30,19 @@ from torch import Tensor
 from genclust.errors import ConfigError
 from genclust.methods.base import ClusteringMethod
 from genclust.methods.hc_mgan.games import (
-    NOISE_KINDS,
+    GameSettings,
     RawSplitGame,
     RefinementGame,
-    SplitMember,
-    build_generator,
-    check_spec,
     first_child_prob,
-    net_spec,
     sample_z,
 )
+from genclust.methods.hc_mgan.settings import Collapse, Noise, RawSplit, Refinement, check, settings
+from genclust.methods.hc_mgan.store import TreeStore, commit_split, cpu_state
 from genclust.methods.hc_mgan.tree import Tree
+from genclust.nets.hc_mgan import SplitMember, check_shape
+from genclust.readouts import Readout, TreeCutReadout
 
-IN_PROGRESS = "in_progress.pt"
-TREE_FILE = "tree.pt"
+CUT_KEY = re.compile(r"readouts\.k(\d+)\._extra_state")
 
 
 class HCMGAN(ClusteringMethod):
@@ -51,131 +52,111 @@ class HCMGAN(ClusteringMethod):
         self,
         n_clusters: int,
         img_shape: Sequence[int],
+        nets: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        readouts: Mapping[str, Readout] | None = None,
+        clustering: str = "argmax",
         batch_size: int = 100,
         pixel_range: str = "tanh",
         divergence_check_every: int = 50,
+        autocast: str = "none",
         gen_batch_size: int = 100,
         z_dim: int = 100,
         z_prior: str = "uniform01",
-        g_channels: int = 128,
-        d_channels: Sequence[int] = (128, 256, 512),
-        mlp_hidden: int = 256,
         init: str = "default",
-        lr_g: float = 2e-4,
-        lr_d: float = 1e-4,
-        lr_c: float = 2e-5,
-        betas: Sequence[float] = (0.5, 0.999),
         lambda_cls: float = 1.0,
-        raw_lambda_squared: bool = False,
-        raw_epochs: int = 120,
-        refine_epochs: int = 120,
-        n_refinements: int = 6,
-        refine_gens_per_group: int = 1,
-        refine_cls_reduction: str = "sum",
-        warm_start: str = "none",
-        noise_start: float = 1.0,
-        noise_kind: str = "multiplicative",
-        min_raw_iters: int = 0,
-        min_refine_iters: int = 0,
-        refine_stop_change: float = 0.0,
-        refine_stop_after: int = 2,
-        collapse_check_from: int = 40,
-        collapse_check_every: int = 10,
-        collapse_threshold: float = 0.01,
-        max_attempts: int = 4,
+        d_fake_weighting: str = "per_batch",
+        raw_split: Mapping[str, Any] | None = None,
+        refinement: Mapping[str, Any] | None = None,
+        noise: Mapping[str, Any] | None = None,
+        collapse: Mapping[str, Any] | None = None,
         inference_batch_size: int = 1000,
         tree_dir: str | None = None,
     ) -> None:
-        super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every)
-        self.save_hyperparameters()
-        if warm_start not in ("none", "refine"):
-            raise ConfigError(f"hc_mgan: warm_start must be none|refine, got {warm_start!r}")
-        if noise_kind not in NOISE_KINDS:
-            raise ConfigError(f"hc_mgan: noise_kind must be {'|'.join(NOISE_KINDS)}, got {noise_kind!r}")
-        if refine_cls_reduction not in ("sum", "mean"):
-            raise ConfigError(f"hc_mgan: refine_cls_reduction must be sum|mean, got {refine_cls_reduction!r}")
-        if int(refine_gens_per_group) < 1 or int(n_refinements) < 0 or int(max_attempts) < 1:
-            raise ConfigError("hc_mgan: refine_gens_per_group >= 1, n_refinements >= 0, max_attempts >= 1")
-        if int(raw_epochs) < 1 or (int(n_refinements) > 0 and int(refine_epochs) < 1):
-            raise ConfigError("hc_mgan: raw_epochs and refine_epochs must be >= 1")
-        sample_z(1, 1, z_prior, torch.device("cpu"))  # validates the prior's name
-        self.spec = net_spec(img_shape, z_dim, g_channels, list(d_channels), mlp_hidden)
-        check_spec(self.spec)
-        # Game hyperparameters as a plain dict (the games never see the LightningModule's hparams).
-        self.game_hp = {"gen_batch_size": int(gen_batch_size), "z_prior": z_prior, "lr_g": float(lr_g),
-                        "lr_d": float(lr_d), "lr_c": float(lr_c), "betas": [float(b) for b in betas],
-                        "lambda_cls": float(lambda_cls), "raw_lambda_squared": bool(raw_lambda_squared),
-                        "refine_gens_per_group": int(refine_gens_per_group),
-                        "refine_cls_reduction": refine_cls_reduction, "init": init, "noise_kind": noise_kind}
-        self.tree = Tree(self.spec)
+        super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every, nets=nets,
+                         optim=optim, readouts=readouts, clustering=clustering, autocast=autocast)
+        self.save_hyperparameters(ignore=["nets", "optim", "readouts"])
+        self.raw = settings(RawSplit, raw_split, "raw_split")
+        self.ref = settings(Refinement, refinement, "refinement")
+        self.noise = settings(Noise, noise, "noise")
+        self.collapse = settings(Collapse, collapse, "collapse")
+        check(self.raw, self.ref, self.collapse)
+        check_shape(self.img_shape)
+        self.z_dim, self.z_prior = int(z_dim), str(z_prior)
+        # Validates the prior by drawing from it; the draw is part of the seeded RNG stream (golden test).
+        sample_z(1, 1, self.z_prior, torch.device("cpu"))
+        self.inference_batch_size = int(inference_batch_size)
+        self.tree_dir = tree_dir
+        # What the games need (they never see the LightningModule's hparams); validates the choices.
+        self.game_settings = GameSettings(
+            z_dim=self.z_dim, z_prior=self.z_prior, gen_batch_size=int(gen_batch_size), init=init,
+            lambda_cls=float(lambda_cls), raw_lambda_squared=self.raw.lambda_squared,
+            gens_per_group=self.ref.gens_per_group, cls_reduction=self.ref.cls_reduction,
+            fake_draw=self.ref.fake_draw, d_fake_weighting=d_fake_weighting, noise_kind=self.noise.kind)
+        self.tree = Tree()
         self.game: RawSplitGame | RefinementGame | None = None
         # Transient training state (never in the state_dict).
         self._fit_x: Tensor | None = None  # the fit set, kept for re-estimation and figures
         self._fit_y: Tensor | None = None  # labels: figures' class keys only, never training
         self._dataset_name = ""
+        self._stage_weights: Tensor | None = None  # P_{s_k} of the running stage (sampling_weights)
         self._real_cdf: dict[str, Tensor] = {}
         self._fit_x_dev: Tensor | None = None
         self._collapsed = False
         self._last_attempt = False
-        self._collapse_log: list[float] = []
-        self._tree_dir: Path | None = None
+        self._store: TreeStore | None = None  # <root>/tree/ of the running fit_method
         self._progress = ""
-        self._probs_cache: tuple | None = None
-        self._tree_version = 0
+
+    # ================================================================ nets
+    def make_generator(self) -> torch.nn.Module:
+        return self.build_net("generator", z_dim=self.z_dim, img_shape=self.img_shape, pixel_range=self.pixel_range)
+
+    def make_critic(self) -> torch.nn.Module:
+        return self.build_net("critic", img_shape=self.img_shape)
+
+    def new_game(self, kind: str) -> RawSplitGame | RefinementGame:
+        """Fresh nets of a raw split or a refinement, from the config factories."""
+        cls = RawSplitGame if kind == "raw" else RefinementGame
+        return cls(self.make_generator, self.make_critic, self.game_settings)
 
     # ================================================================ clustering contract
-    @torch.no_grad()
-    def _split_probs(self, x: Tensor) -> Tensor:
-        """p(first child | x) of every split [N, n_splits], cached for the last ``x`` seen.
+    def embed(self, x: Tensor, name: str) -> Tensor:
+        """``split_probs``: p(first child | x) of every split [N, n_splits] (what the tree cuts read)."""
+        if name != "split_probs":
+            return super().embed(x, name)
+        return self.tree.split_probs(x, None, self.inference_batch_size)
 
-        The evaluator asks ``probs_at_k`` for every K on the same eval tensor: the cache makes the
-        whole curve cost one pass through the split classifiers instead of K-1 passes.
-        """
-        key = (id(x), tuple(x.shape), x.device, self.tree.n_splits, self._tree_version)
-        if self._probs_cache is not None and self._probs_cache[0] == key and self._probs_cache[1] is x:
-            return self._probs_cache[2]
-        p = self.tree.split_probs(x, None, self.hparams.inference_batch_size)
-        self._probs_cache = (key, x, p)
-        return p
+    def prepare_readouts(self) -> None:
+        """One tree-cut read-out ``k<k>`` per number of leaves the tree passed through (the per-K curve)."""
+        n = self.tree.n_leaves
+        for name in [m for m, r in self.readouts.items() if isinstance(r, TreeCutReadout) and r.cut_k > n]:
+            del self.readouts[name]
+        for k in range(1, n + 1):
+            if f"k{k}" not in self.readouts:
+                self.readouts[f"k{k}"] = TreeCutReadout(k)
 
-    @torch.no_grad()
-    def leaf_probs_at(self, x: Tensor, n_leaves: int) -> Tensor:
-        """Leaf probabilities [N, n_leaves] of the tree as it was when it had ``n_leaves`` leaves
-        (leaves ordered by node id; a point's leaf probability is the product of the split
-        classifiers' outputs along the root-to-leaf path)."""
-        n_leaves = int(n_leaves)
-        if not self.tree.initialized or self.tree.n_splits == 0:
-            if n_leaves != 1:
-                raise ValueError("the tree has no split yet: only n_leaves=1 is available")
-            return torch.ones(len(x), 1, device=x.device)
-        if not 1 <= n_leaves <= self.tree.n_leaves:
-            raise ValueError(f"the tree has 1..{self.tree.n_leaves} leaves; asked for {n_leaves}")
-        if n_leaves == 1:
-            return torch.ones(len(x), 1, device=x.device)
-        p = self.tree.split_probs(x, n_leaves - 1, self.hparams.inference_batch_size)
-        return self.tree.leaf_probs_from_split_probs(p, n_leaves - 1).float()
+    def readout_fit_input(self, readout: Readout, x: Tensor, batch_size: int) -> Any:
+        if isinstance(readout, TreeCutReadout):  # the root-to-leaf paths of the tree cut at k leaves
+            return [self.tree.path(leaf) for leaf in self.tree.leaves(readout.cut_k - 1)]
+        return super().readout_fit_input(readout, x, batch_size)
 
-    def available_k(self) -> list[int]:
-        """Every number of leaves the tree passed through while growing (the metric curve over K)."""
-        return list(range(1, self.tree.n_leaves + 1)) if self.tree.initialized else []
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Tree cuts are created after construction (prepare_readouts): recreate the saved ones first.
+        for key in state_dict:
+            match = CUT_KEY.fullmatch(key[len(prefix):]) if key.startswith(prefix) else None
+            if match and f"k{match[1]}" not in self.readouts:
+                self.readouts[f"k{match[1]}"] = TreeCutReadout(int(match[1]))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
-    def probs_at_k(self, x: Tensor, k: int, batch_size: int = 1024) -> Tensor:
-        """Leaf probabilities [N, k] of the tree cut after its first k-1 splits (on the CPU)."""
-        k = int(k)
-        if k not in self.available_k():
-            raise ValueError(f"HC-MGAN answers for k in {self.available_k()}, not {k}")
-        was_training = self.training
-        self.eval()
-        try:
-            p = self._split_probs(x.to(self.device))
-            return self.tree.leaf_probs_from_split_probs(p, k - 1).float().cpu()
-        finally:
-            self.train(was_training)
-
-    def cluster_probs(self, x: Tensor) -> Tensor:
-        """Leaf probabilities of the current tree, zero-padded to ``n_clusters`` columns while it grows."""
-        probs = self.leaf_probs_at(x, max(self.tree.n_leaves, 1))
+    def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        """Leaf probabilities of the current tree (leaves by node id; the product of the split classifiers'
+        outputs along each root-to-leaf path), zero-padded to ``n_clusters`` columns while it grows."""
+        n = self.tree.n_splits if self.tree.initialized else 0
+        if n == 0:
+            probs = torch.ones(len(x), 1, device=x.device)
+        else:
+            probs = self.tree.leaf_probs_from_split_probs(self.embed(x, "split_probs"), n).float()
         if probs.shape[1] < self.n_clusters:
             probs = torch.cat([probs, probs.new_zeros(len(x), self.n_clusters - probs.shape[1])], dim=1)
         return probs
@@ -196,12 +177,13 @@ class HCMGAN(ClusteringMethod):
         out = torch.empty(n, *self.img_shape, device=self.device)
         for c in sorted(set(choice)):
             rows = [i for i, v in enumerate(choice) if v == c]
-            out[rows] = self._generate_node(leaves[c], len(rows))
+            out[rows] = self.generate_node(leaves[c], len(rows))
         return out
 
-    def _generate_node(self, node: int, n: int) -> Tensor:
+    def generate_node(self, node: int, n: int) -> Tensor:
+        """n images of node ``node``'s generator(s) (each image from one of them, uniformly)."""
         gens = list(self.tree.generators[f"n{node}"])
-        z = sample_z(n, self.spec["z_dim"], self.hparams.z_prior, self.device)
+        z = sample_z(n, self.z_dim, self.z_prior, self.device)
         which = torch.randint(len(gens), (n,)).tolist()
         out = torch.empty(n, *self.img_shape, device=self.device)
         for g_idx in sorted(set(which)):
@@ -213,24 +195,31 @@ class HCMGAN(ClusteringMethod):
         splits = [{k: v for k, v in s.items()} for s in self.tree.splits]
         return {"hc_mgan": {"n_leaves": self.tree.n_leaves, "n_splits": self.tree.n_splits,
                             "leaves": self.tree.leaves() if self.tree.initialized else [],
-                            "splits": splits, "z_prior": self.hparams.z_prior,
-                            "noise": {"kind": self.hparams.noise_kind, "start": self.hparams.noise_start},
-                            "refinement_generators_per_group": self.hparams.refine_gens_per_group}}
+                            "splits": splits, "z_prior": self.z_prior,
+                            "noise": {"kind": self.noise.kind, "start": self.noise.start},
+                            "refinement_generators_per_group": self.ref.gens_per_group,
+                            "d_fake_weighting": self.game_settings.d_fake_weighting,
+                            "refinement_fake_draw": self.ref.fake_draw}}
 
     def save_figures(self, out_dir: Path) -> list[Path]:
-        from genclust.methods.hc_mgan.figures import save_tree_figures
+        from genclust.viz.tree import save_tree_figures
 
-        return save_tree_figures(self, Path(out_dir))
+        return save_tree_figures(self.tree, Path(out_dir), self.img_shape, self.generate_node, self.to_unit_range,
+                                 self._fit_x, self._fit_y, self._dataset_name)
 
     # ================================================================ Lightning hooks (one stage)
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         if self.game is None:
             raise RuntimeError("HC-MGAN trains through fit_method (one fit per raw split/refinement), "
                                "not a bare trainer.fit")
-        return self.game.configure_optimizers()
+        return [self.make_optimizer(player, params) for _, player, params in self.game.players()]
 
     def optimizer_names(self) -> list[str]:
-        return self.game.optimizer_names() if self.game is not None else []
+        return [name for name, _, _ in self.game.players()] if self.game is not None else []
+
+    def sampling_weights(self) -> Tensor | None:
+        """The running stage's real-batch weights (P_{s_k}; the datamodule draws in proportion), else None."""
+        return self._stage_weights
 
     def on_fit_start(self) -> None:
         if self.game is not None and self.game.kind == "refine":
@@ -241,7 +230,7 @@ class HCMGAN(ClusteringMethod):
         """s_e = s0 (1 - e/E) for epoch e = 1..E: restarts every fit and reaches exactly 0 in the last epoch
         (code ``tree/raw_split.py`` L95)."""
         e, total = self.trainer.current_epoch + 1, max(int(self.trainer.max_epochs or 1), 1)
-        return max(float(self.hparams.noise_start) * (1.0 - e / total), 0.0)
+        return max(float(self.noise.start) * (1.0 - e / total), 0.0)
 
     def _draw_real(self, group: str, n: int) -> Tensor:
         """n i.i.d. draws with replacement from P_{s_group} (the refinement's two real streams)."""
@@ -253,24 +242,24 @@ class HCMGAN(ClusteringMethod):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, _idx = batch  # labels never reach training
         noise = self.noise_scale()
-        if self.game.kind == "raw":
-            self.game.training_step(self, x, noise)
-        else:
-            n = len(x)
-            self.game.training_step(self, self._draw_real("l", n), self._draw_real("m", n), noise)
+        with self.autocast():
+            if self.game.kind == "raw":
+                self.game.training_step(self, x, noise)
+            else:
+                n = len(x)
+                self.game.training_step(self, self._draw_real("l", n), self._draw_real("m", n), noise)
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
-        hp = self.hparams
+        hp = self.collapse
         epoch = self.trainer.current_epoch + 1
-        if epoch >= hp.collapse_check_from and (epoch - hp.collapse_check_from) % max(hp.collapse_check_every, 1) == 0:
+        if epoch >= hp.check_from and (epoch - hp.check_from) % max(hp.check_every, 1) == 0:
             scores = self.game.collapse_scores(self.noise_scale(), self.device)
-            self._collapse_log = scores
             # D's BCE on each generator's fakes: the curve that shows a generator dying before it is flagged.
             self.log_dict({f"train/fake_bce_g{i}": s for i, s in enumerate(scores)}, on_step=False, on_epoch=True)
-            if min(scores) < hp.collapse_threshold:
+            if min(scores) < hp.threshold:
                 rank_zero_warn(f"HC-MGAN {self._progress}: generator collapse at epoch {epoch} "
-                               f"(D's fake BCE per generator {[round(s, 4) for s in scores]} < {hp.collapse_threshold})"
+                               f"(D's fake BCE per generator {[round(s, 4) for s in scores]} < {hp.threshold})"
                                + ("; last attempt: training on to the end of the schedule" if self._last_attempt else ""))
                 self._collapsed = True
                 # The last attempt is kept: it must finish its schedule (the noise reaches 0 only in the last epoch).
@@ -293,41 +282,36 @@ class HCMGAN(ClusteringMethod):
         fit = datamodule.fit_set
         self._fit_x, self._fit_y = fit.x, fit.y
         self._dataset_name = str(getattr(datamodule, "name", ""))
-        if int(datamodule.batch_size) != int(self.hparams.batch_size):
+        if int(datamodule.batch_size) != self.batch_size:
             rank_zero_warn(f"HC-MGAN: datamodule batch {datamodule.batch_size} != method batch_size "
-                           f"{self.hparams.batch_size}; real batches follow the datamodule")
-        first = make_trainer()
-        pending = [first]
-        # Each stage sets its own length (raw_epochs / refine_epochs). A trainer that limits the batches
-        # per epoch (trainer=smoke, debugging) is asking for a quick run: its max_epochs then caps every
-        # stage, so `trainer=smoke` grows a whole (poor) tree in seconds instead of the configured schedule.
-        quick = isinstance(first.limit_train_batches, int) or first.fast_dev_run
-        cap = int(first.max_epochs) if quick and first.max_epochs and first.max_epochs > 0 else None
+                           f"{self.batch_size}; real batches follow the datamodule")
+        # Each stage sets its own length (raw_split.epochs / refinement.epochs). A trainer that limits the
+        # batches per epoch (trainer=smoke, debugging) is asking for a quick run: its max_epochs then caps
+        # every stage, so `trainer=smoke` grows a whole (poor) tree in seconds instead of the configured schedule.
+        probe = make_trainer()
+        quick = isinstance(probe.limit_train_batches, int) or probe.fast_dev_run
+        cap = int(probe.max_epochs) if quick and probe.max_epochs and probe.max_epochs > 0 else None
 
-        def next_trainer(epochs: int) -> pl.Trainer:
-            trainer = pending.pop() if pending else make_trainer()
-            trainer.fit_loop.max_epochs = int(epochs) if cap is None else min(int(epochs), cap)
-            return trainer
+        def stage_trainer(epochs: int) -> pl.Trainer:
+            return make_trainer(max_epochs=int(epochs) if cap is None else min(int(epochs), cap))
 
-        root = self.hparams.tree_dir or first.default_root_dir or os.getcwd()
-        self._tree_dir = Path(root) / "tree"
+        root = self.tree_dir or probe.default_root_dir or os.getcwd()
+        self._store = TreeStore(Path(root) / "tree")
         self._restore(len(fit), ckpt_path)
-        trainer = first
+        trainer = probe
         try:
             while self.tree.n_leaves < self.n_clusters:
-                trainer = self._grow_one_split(next_trainer, datamodule) or trainer
+                trainer = self._grow_one_split(stage_trainer, datamodule) or trainer
         finally:
-            datamodule.set_sample_weights(None)
+            self._stage_weights = None
             self.game = None
         rank_zero_info(f"HC-MGAN: tree complete with {self.tree.n_leaves} leaves ({self.tree.n_splits} splits)")
         return trainer
 
     def _restore(self, n_fit: int, ckpt_path: str | None) -> None:
         """Tree from <root>/tree/tree.pt, else from ``ckpt_path``, else a fresh root."""
-        sources = []
-        tree_file = self._tree_dir / TREE_FILE
-        if tree_file.is_file():
-            sources.append(("tree dir", torch.load(tree_file, map_location="cpu", weights_only=True)["tree"]))
+        saved = self._store.saved_tree()
+        sources = [("tree dir", saved)] if saved is not None else []
         if ckpt_path:
             ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             sd = {k[len("tree."):]: v for k, v in ck.get("state_dict", {}).items() if k.startswith("tree.")}
@@ -340,7 +324,6 @@ class HCMGAN(ClusteringMethod):
                 best = (name, sd, n)
         if best is not None:
             self.tree.load_state_dict(best[1])
-            self._tree_version += 1
             if self.tree.n_fit != n_fit:
                 raise ConfigError(f"HC-MGAN: the saved tree ({best[0]}) was grown on {self.tree.n_fit} examples, "
                                   f"this fit set has {n_fit}; use a fresh run folder")
@@ -351,11 +334,11 @@ class HCMGAN(ClusteringMethod):
 
     def _grow_one_split(self, next_trainer: Callable[[int], pl.Trainer],
                         datamodule: pl.LightningDataModule) -> pl.Trainer | None:
-        hp = self.hparams
+        ref = self.ref
         j, k = self.tree.n_splits, self.tree.next_node()
         s_k = self.tree.memberships[k]
         n_split_total = self.n_clusters - 1
-        state = self._load_in_progress(j, k)
+        state = self._store.load_in_progress(j, k)
         trainer = None
         if state is None:
             state = {"split": j, "node": k, "stage": -1, "changes": [], "attempts": [], "seconds": [],
@@ -366,29 +349,30 @@ class HCMGAN(ClusteringMethod):
             t = state["stage"] + 1
             kind = "raw" if t == 0 else "refine"
             self._progress = (f"split {j + 1}/{n_split_total} (node {k}, mass {float(s_k.sum()):.1f}): "
-                              + ("raw split" if t == 0 else f"refinement {t}/{hp.n_refinements}"))
+                              + ("raw split" if t == 0 else f"refinement {t}/{ref.count}"))
             rank_zero_info(f"HC-MGAN {self._progress}")
             start = time.perf_counter()
             s_l_prev = state.get("s_l")
-            warm = state.get("game") if hp.warm_start == "refine" and kind == "refine" else None
+            warm = state.get("game") if ref.warm_start == "refine" and kind == "refine" else None
             trainer, members, p_first, attempts = self._run_stage(kind, s_k, state.get("s_l"), state.get("s_m"),
                                                                   next_trainer, datamodule, warm)
             s_l = p_first * s_k
             s_m = s_k - s_l
-            state.update({"stage": t, "s_l": s_l, "s_m": s_m,
-                          "members": [_cpu_state(m) for m in members],
-                          "gens": [[_cpu_state(g) for g in side] for side in self.game.child_generators()]})
-            if hp.warm_start == "refine" and t < hp.n_refinements:  # the next refinement starts from these nets
-                state["game"] = {"kind": kind, "state": _cpu_state(self.game)}
+            gens = self.game.child_generators()
+            state.update({"stage": t, "s_l": s_l, "s_m": s_m, "members": [cpu_state(m) for m in members],
+                          "gens": [[cpu_state(g) for g in side] for side in gens],
+                          "arch": {"member": members[0].arch, "generator": gens[0][0].arch}})
+            if ref.warm_start == "refine" and t < ref.count:  # the next refinement starts from these nets
+                state["game"] = {"kind": kind, "state": cpu_state(self.game)}
             state["attempts"].append(attempts)
             state["seconds"].append(round(time.perf_counter() - start, 1))
             if s_l_prev is not None:
                 change = float((s_l - s_l_prev).abs().sum())
                 state["changes"].append(change)
-                if t >= hp.refine_stop_after and change < hp.refine_stop_change * len(s_k):
-                    state["early_stopped"] = t < hp.n_refinements
+                if t >= ref.stop_after and change < ref.stop_change * len(s_k):
+                    state["early_stopped"] = t < ref.count
                     state["done"] = True
-            if t >= hp.n_refinements:
+            if t >= ref.count:
                 state["done"] = True
             elif min(float(s_l.sum()), float(s_m.sum())) < 1.0:
                 # A child with less than one example's mass: the refinement's real stream for it would be
@@ -398,7 +382,7 @@ class HCMGAN(ClusteringMethod):
                 state["early_stopped"] = True
                 state["done"] = True
             self.game = None
-            self._save_in_progress(state)
+            self._store.save_in_progress(state, self._writer())
             rank_zero_info(f"HC-MGAN {self._progress} done in {state['seconds'][-1]} s: masses "
                            f"{float(s_l.sum()):.1f} / {float(s_m.sum()):.1f}"
                            + (f", membership change {state['changes'][-1]:.1f}" if state["changes"] else ""))
@@ -408,34 +392,35 @@ class HCMGAN(ClusteringMethod):
     def _run_stage(self, kind: str, s_k: Tensor, s_l: Tensor | None, s_m: Tensor | None,
                    next_trainer: Callable[[int], pl.Trainer], datamodule: pl.LightningDataModule,
                    warm: dict[str, Any] | None = None) -> tuple[pl.Trainer, list[SplitMember], Tensor, int]:
-        hp = self.hparams
-        epochs = int(hp.raw_epochs if kind == "raw" else hp.refine_epochs)
-        for attempt in range(1, int(hp.max_attempts) + 1):
-            self.game = (RawSplitGame if kind == "raw" else RefinementGame)(self.spec, self.game_hp)
+        stage = self.raw if kind == "raw" else self.ref
+        max_attempts = self.collapse.max_attempts
+        for attempt in range(1, max_attempts + 1):
+            self.game = self.new_game(kind)
             if warm is not None and attempt == 1:  # a restart after a collapse starts from fresh nets
                 self.game.warm_start(warm["kind"], warm["state"])
             if kind == "raw":
                 # Real batches ~ P_{s_k}; an epoch is floor(mass / batch) iterations (code raw_split.py L74).
-                datamodule.set_sample_weights(s_k)
+                self._stage_weights = s_k
             else:
                 # Each group draws its own real batch from P_{s_l} / P_{s_m} (training_step); the loader
                 # is the clock only: an epoch is floor(mass_k / (2 batch)) iterations (code refinement.py L73).
-                datamodule.set_sample_weights(s_k / 2.0)
+                self._stage_weights = s_k / 2.0
                 self._real_cdf = {"l": torch.cumsum(s_l.double(), 0), "m": torch.cumsum(s_m.double(), 0)}  # float64: exact at 70k
             # Budget knob: light nodes get at least this many iterations (more epochs of their short length).
-            floor = int(hp.min_raw_iters if kind == "raw" else hp.min_refine_iters)
-            stage_epochs = max(epochs, math.ceil(floor / datamodule.batches_per_epoch())) if floor > 0 else epochs
+            floor, epochs = stage.min_iters, stage.epochs
+            per_epoch = datamodule.batches_per_epoch(self._stage_weights)
+            stage_epochs = max(epochs, math.ceil(floor / per_epoch)) if floor > 0 else epochs
             trainer = next_trainer(stage_epochs)
             self._collapsed = False
-            self._last_attempt = attempt == int(hp.max_attempts)
+            self._last_attempt = attempt == max_attempts
             trainer.fit(self, datamodule=datamodule)
             if not self._collapsed:
                 break
-            if attempt < int(hp.max_attempts):
-                rank_zero_warn(f"HC-MGAN {self._progress}: restarting the fit (attempt {attempt + 1}/{hp.max_attempts})")
+            if attempt < max_attempts:
+                rank_zero_warn(f"HC-MGAN {self._progress}: restarting the fit (attempt {attempt + 1}/{max_attempts})")
             else:
                 rank_zero_warn(f"HC-MGAN {self._progress}: still collapsed after {attempt} attempts; keeping the last one")
-        self._real_cdf, self._fit_x_dev = {}, None
+        self._real_cdf, self._fit_x_dev, self._stage_weights = {}, None, None
         device = trainer.strategy.root_device
         self.game.to(device)
         members = self.game.split_members()
@@ -445,60 +430,14 @@ class HCMGAN(ClusteringMethod):
     @torch.no_grad()
     def _first_child_prob(self, members: list[SplitMember], device: torch.device) -> Tensor:
         """Re-estimation over the whole fit set (Alg. 2 line 13 / Alg. 3 lines 7-8), noise-free, float64 on CPU."""
-        bs = int(self.hparams.inference_batch_size)
+        bs = self.inference_batch_size
         x = self._fit_x
         out = [first_child_prob(members, x[i: i + bs].to(device)).double().cpu() for i in range(0, len(x), bs)]
         return torch.cat(out)
 
     def _commit(self, state: dict[str, Any]) -> None:
-        members = [SplitMember(self.spec) for _ in state["members"]]
-        for m, sd in zip(members, state["members"]):
-            m.load_state_dict(sd)
-        gens = []
-        for side in state["gens"]:
-            side_gens = [build_generator(self.spec) for _ in side]
-            for g, sd in zip(side_gens, side):
-                g.load_state_dict(sd)
-            gens.append(side_gens)
-        meta = {"refinements": state["stage"], "early_stopped": state["early_stopped"],
-                "membership_changes": [round(c, 3) for c in state["changes"]], "attempts": state["attempts"],
-                "seconds": state["seconds"]}
-        self.tree.commit_split(state["node"], state["s_l"], state["s_m"], members, gens[0], gens[1], meta)
-        self._tree_version += 1
-        self._save_tree()
-        (self._tree_dir / IN_PROGRESS).unlink(missing_ok=True)
+        commit_split(self.tree, state)
+        self._store.save_tree(self.tree, self._writer())
 
-    # ---------------------------------------------------------------- files
-    def _save_tree(self) -> None:
-        if self._tree_dir is None or (self._trainer is not None and self.trainer.global_rank != 0):
-            return
-        self._tree_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save({"tree": self.tree.state_dict()}, self._tree_dir / TREE_FILE)
-        with open(self._tree_dir / "nodes.json", "w") as fh:
-            json.dump(self.tree.summary(), fh, indent=1)
-
-    def _save_in_progress(self, state: dict[str, Any]) -> None:
-        if self._tree_dir is None or (self._trainer is not None and self.trainer.global_rank != 0):
-            return
-        self._tree_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_save(state, self._tree_dir / IN_PROGRESS)
-
-    def _load_in_progress(self, split: int, node: int) -> dict[str, Any] | None:
-        path = self._tree_dir / IN_PROGRESS if self._tree_dir is not None else None
-        if path is None or not path.is_file():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("split") != split or state.get("node") != node:
-            rank_zero_warn(f"HC-MGAN: ignoring {path} (it is for split {state.get('split')}, node {state.get('node')})")
-            return None
-        return state
-
-
-def _cpu_state(module: torch.nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    def _writer(self) -> bool:
+        return self._trainer is None or self.trainer.global_rank == 0

@@ -7,9 +7,10 @@
   only, the two-classifier ensemble of the last refinement otherwise. A point's leaf
   probability is the product of these along the root-to-leaf path, so the tree clusters new data
   (and reproduces the membership vectors on the fit set).
-* Everything lives in the module's ``state_dict``: networks as submodules, node/split metadata and
-  the membership vectors as extra state (plain dicts, lists and tensors, so checkpoints load with
-  ``weights_only=True``). ``set_extra_state`` rebuilds the submodules before their weights load.
+* Everything lives in the module's ``state_dict``: networks as submodules, node/split metadata, the
+  nets' ``arch`` (``genclust.nets.hc_mgan``) and the membership vectors as extra state (plain dicts, lists
+  and tensors, so checkpoints load with ``weights_only=True``). ``set_extra_state`` rebuilds the
+  submodules from the saved ``arch`` before their weights load.
 """
 
 from __future__ import annotations
@@ -19,15 +20,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genclust.methods.hc_mgan.games import LABEL_L, SplitMember, build_generator, first_child_prob
+from genclust.methods.hc_mgan.games import LABEL_L, first_child_prob
+from genclust.nets.hc_mgan import Generator, SplitMember, from_arch
 
 FORMAT = "hc_mgan-tree/1"
 
 
+def _arch_v1(spec: dict[str, Any]) -> dict[str, Any]:
+    """The nets' arch of a tree saved before the nets moved to ``genclust.nets.hc_mgan`` (tanh generators)."""
+    gen = Generator.__module__ + ".Generator"
+    member = SplitMember.__module__ + ".SplitMember"
+    return {"generator": {"_target_": gen, "z_dim": spec["z_dim"], "img_shape": spec["img_shape"], "pixel_range": "tanh",
+                          "g_channels": spec["g_channels"], "mlp_hidden": spec["mlp_hidden"]},
+            "member": {"_target_": member, "img_shape": spec["img_shape"], "d_channels": spec["d_channels"],
+                       "mlp_hidden": spec["mlp_hidden"]}}
+
+
 class Tree(nn.Module):
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.spec = spec
+        self.spec: dict[str, Any] = {}  # {"generator": arch, "member": arch}: how to rebuild the nets
         self.classifiers = nn.ModuleDict()  # "s<j>" -> ModuleList[SplitMember]
         self.generators = nn.ModuleDict()  # "n<id>" -> ModuleList[generator] (non-root nodes)
         self.nodes: list[dict[str, Any]] = []
@@ -105,6 +117,9 @@ class Tree(nn.Module):
             self.memberships[cid] = s
         self.nodes[node]["children"] = ids
         self.nodes[node]["split"] = j
+        for role, nets in (("member", members), ("generator", [*gens_first, *gens_second])):
+            if nets and hasattr(nets[0], "arch"):
+                self.spec[role] = nets[0].arch
         dev = self._device_probe.device
         self.classifiers[f"s{j}"] = nn.ModuleList(members).to(dev)
         self.generators[f"n{ids[0]}"] = nn.ModuleList(gens_first).to(dev)
@@ -176,7 +191,8 @@ class Tree(nn.Module):
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"not an HC-MGAN tree state (expected format {FORMAT})")
         self.reset()
-        self.spec = dict(state["spec"])
+        spec = dict(state["spec"])
+        self.spec = _arch_v1(spec) if "z_dim" in spec else spec
         self.n_fit = state["n_fit"]
         self.nodes = [dict(n) for n in state["nodes"]]
         self.splits = [dict(s) for s in state["splits"]]
@@ -185,10 +201,10 @@ class Tree(nn.Module):
         dev = self._device_probe.device
         for s in self.splits:
             self.classifiers[f"s{s['index']}"] = nn.ModuleList(
-                [SplitMember(self.spec) for _ in range(s["n_members"])]).to(dev)
+                [from_arch(self.spec["member"]) for _ in range(s["n_members"])]).to(dev)
             for cid, n_gen in zip(s["children"], s["n_gens"]):
                 self.generators[f"n{cid}"] = nn.ModuleList(
-                    [build_generator(self.spec) for _ in range(n_gen)]).to(dev)
+                    [from_arch(self.spec["generator"]) for _ in range(n_gen)]).to(dev)
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly facts: nodes (without memberships) and splits."""
