@@ -5,7 +5,7 @@
 Reads every ``*/metrics.json`` below the folder; prints a markdown table and writes
 ``summary.md`` and ``summary.csv`` next to the runs (or in --out-dir). Runs are grouped by method,
 dataset and *setting*: their command-line overrides other than seed/method/dataset (read from each
-run's ``.hydra/overrides.yaml``), so ``-m method.lr=1e-4,2e-4 seed=0,1,2`` gives two rows of 3 runs.
+run's ``.hydra/overrides.yaml``), so ``-m method.optim.generator.lr=1e-4,2e-4 seed=0,1,2`` gives two rows of 3 runs.
 """
 
 from __future__ import annotations

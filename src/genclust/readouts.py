@@ -226,6 +226,20 @@ class UMAPHDBSCANReadout(Readout):
         return int(self.state["clusters_found"]) if self.fitted else None
 
 
+class PosteriorReadout(Readout):
+    """A read-out of an embedding that already is a posterior p(y | x) [N, K] (e.g. CGM's re-inferred
+    posterior): its argmax. Nothing to fit but the width, which it records."""
+
+    def _fit(self, features: Tensor) -> None:
+        self.state = {"k": torch.tensor(features.shape[1])}
+
+    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return features, features.argmax(1)
+
+    def clusters_found(self) -> int | None:
+        return int(self.state["k"]) if self.fitted else None
+
+
 class TreeCutReadout(Readout):
     """The leaves of a binary tree of soft splits after its first ``cut_k - 1`` splits (HC-MGAN's per-K curve).
 
@@ -255,4 +269,5 @@ class TreeCutReadout(Readout):
         return int(self.state["n_leaves"]) if self.fitted else None
 
 
-__all__ = ["Readout", "KMeansReadout", "GMMReadout", "UMAPHDBSCANReadout", "TreeCutReadout", "umap_neighbors"]
+__all__ = ["Readout", "KMeansReadout", "GMMReadout", "UMAPHDBSCANReadout", "PosteriorReadout", "TreeCutReadout",
+           "umap_neighbors"]

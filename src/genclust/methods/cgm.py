@@ -1,0 +1,281 @@
+"""CGM: the Clustered Generator Model (Zhu, Han, Zhou, Yang, Wu; arXiv 1911.08459): a generator only.
+
+Model (§2.1): z ~ N(0, I_d), y ~ Cat(pi), x = G(y, z) + eps, eps ~ N(0, sigma^2 I) (d = 100, sigma = 0.3, §3.3).
+No encoder, no discriminator, no inference network: inference is MCMC / exact enumeration.
+
+Learning (Algorithm 1), per batch of training examples with their persistent latents (z_i, y_i), stored by
+dataset index in an :class:`~genclust.latent.ExampleState` (initialised z_i ~ N(0, I), y_i ~ Cat(pi); saved in
+checkpoints; under DDP each rank updates the indices it trains on and the base merges them):
+
+1. l Langevin steps on z from the stored z_i with y_i fixed (Eq. 3) on the log-joint of Eq. 4,
+   log p(x, y, z) = -||z||^2 / 2 - ||x - G(y, z)||^2 / (2 sigma^2) + log pi_y + C;
+2. the posterior over y given z (Eqs. 5-7): all K classes in one stacked generator pass, then a sample
+   (``y_inference: sample``) or the MAP (``map``);
+3. one generator step on -log p(x, y, z) (Eq. 8; only ||x - G(y, z)||^2 / (2 sigma^2) depends on theta) with
+   Adam(2e-4, beta1 0.5) (§3.3: "learning rate 0.0002 and momentum 0.5"); the new z_i, y_i are written back.
+
+Langevin parametrisation: z <- z - (s^2 / 2) dE/dz + s eps, E = -log p (the alternating back-propagation
+paper [11]'s form; Eq. 3's delta is s^2 / 2). The paper gives no step size: ``langevin.step_size`` is ours.
+
+Clustering (``cluster_probs(x, idx)``):
+
+* training examples (``idx`` given): p(y | x, z_i) from their stored z_i under the current G;
+* new data (``inference.mode``): ``gibbs`` — from a fresh z (a fixed-seed stream: the same data give the
+  same answer), alternate Langevin on z (y fixed at the current MAP) and the y-posterior for
+  ``inference.sweeps`` sweeps, return p(y | x, z); ``per_cluster`` — K chains, one per y, each Langevin from a
+  fresh z with y fixed, probs = softmax over k of the chains' final log-joint.
+* read-outs ``reinferred`` (the fit set re-inferred from scratch, as new data) and, when configured,
+  ``per_cluster``: so ``metrics.json`` has training examples scored both from stored state and by re-inference.
+
+Failure mode this model invites: one y explaining everything (a G that ignores y). Logged every epoch:
+``train/y_usage`` (entropy of the stored y's / log K; 1 = uniform use) and ``train/y_confidence`` (mean
+max posterior). Named remedies, off by default: ``remedies.temperature`` (anneal a temperature on the
+y-posterior's likelihood term from ``start`` to 1 over ``anneal_iters`` iterations: sigma_y = sigma *
+sqrt(T)), ``remedies.map_burn_in`` (sample y for this many iterations before MAP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from genclust.errors import ConfigError
+from genclust.latent import ExampleState, langevin
+from genclust.methods.base import ClusteringMethod
+from genclust.nets.blocks import eval_mode, frozen
+from genclust.nets.init import initialize
+
+LANGEVIN = {"steps": 100, "step_size": 0.1, "noise": True}  # §3.3: l = 100; step size: ours
+INFERENCE = {"mode": "gibbs", "sweeps": 5, "steps": 20, "seed": 0}
+REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0}
+
+
+def _merge(name: str, defaults: dict[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {**defaults, **dict(given or {})}
+    unknown = set(out) - set(defaults)
+    if unknown:
+        raise ConfigError(f"cgm: unknown {name} keys {sorted(unknown)} (known: {sorted(defaults)})")
+    return out
+
+
+class CGM(ClusteringMethod):
+    """Generator G(y, z) learned by alternating back-propagation with Langevin z and Gibbs/MAP y."""
+
+    generative = True
+
+    def __init__(
+        self,
+        n_clusters: int,
+        img_shape: Sequence[int],
+        nets: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        readouts: Mapping[str, Any] | None = None,
+        clustering: str = "argmax",
+        batch_size: int = 100,
+        pixel_range: str = "tanh",
+        z_dim: int = 100,
+        sigma: float = 0.3,
+        prior: Sequence[float] | None = None,
+        y_inference: str = "sample",
+        langevin: Mapping[str, Any] | None = None,
+        inference: Mapping[str, Any] | None = None,
+        remedies: Mapping[str, Any] | None = None,
+        init: str = "default",
+        autocast: str = "none",
+        divergence_check_every: int = 50,
+    ) -> None:
+        super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every, nets=nets,
+                         optim=optim, readouts=readouts, clustering=clustering, autocast=autocast)
+        self.save_hyperparameters(ignore=["nets", "optim", "readouts"])
+        self.langevin_cfg = _merge("langevin", LANGEVIN, langevin)
+        self.inference_cfg = _merge("inference", INFERENCE, inference)
+        self.remedies = _merge("remedies", REMEDIES, remedies)
+        if y_inference not in ("sample", "map"):
+            raise ConfigError(f"cgm: y_inference must be sample|map, got {y_inference!r}")
+        if self.inference_cfg["mode"] not in ("gibbs", "per_cluster"):
+            raise ConfigError(f"cgm: inference.mode must be gibbs|per_cluster, got {self.inference_cfg['mode']!r}")
+        if float(sigma) <= 0 or int(z_dim) < 1:
+            raise ConfigError(f"cgm: sigma > 0 and z_dim >= 1, got {sigma}, {z_dim}")
+        pi = torch.full((self.n_clusters,), 1.0 / self.n_clusters) if prior is None else torch.tensor(
+            [float(p) for p in prior])
+        if len(pi) != self.n_clusters or (pi <= 0).any() or abs(float(pi.sum()) - 1.0) > 1e-6:
+            raise ConfigError(f"cgm: prior must be {self.n_clusters} positive probabilities summing to 1")
+        self.register_buffer("log_prior", pi.log())
+        self.z_dim, self.sigma, self.y_inference = int(z_dim), float(sigma), y_inference
+        self.generator = self.build_net("generator", in_dim=self.z_dim + self.n_clusters, img_shape=self.img_shape,
+                                        pixel_range=pixel_range)
+        initialize(self.generator, init)
+        self.latents = ExampleState({"z": ((self.z_dim,), torch.float32), "y": ((), torch.long)})
+        self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
+        self._t = 0
+        self._confidence: list[Tensor] = []
+
+    # ------------------------------------------------------------------ model
+    def optimizer_names(self) -> list[str]:
+        return ["generator"]
+
+    def g(self, y: Tensor, z: Tensor) -> Tensor:
+        """G(y, z): the generator's mean image for labels ``y`` [N] and latents ``z`` [N, d]."""
+        with self.autocast():
+            return self.generator(torch.cat([z, F.one_hot(y, self.n_clusters).to(z.dtype)], 1)).float()
+
+    def energy(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        """-log p(x, y, z) + C per example (Eq. 4 with the prior of y): ||z||^2/2 + ||x - G||^2/(2 sigma^2) - log pi_y."""
+        resid = (x - self.g(y, z)).flatten(1).pow(2).sum(1)
+        return 0.5 * z.pow(2).sum(1) + resid / (2 * self.sigma**2) - self.log_prior[y]
+
+    def log_joint_all(self, x: Tensor, z: Tensor, temperature: float = 1.0) -> Tensor:
+        """log p(x, y = k, z) + C for every k [N, K] (Eq. 7), all K in one stacked generator pass.
+
+        ``temperature`` T > 1 flattens the likelihood term (sigma_y = sigma sqrt(T)): the annealing remedy."""
+        n, k = len(x), self.n_clusters
+        ys = torch.arange(k, device=x.device).repeat(n)  # example-major: row i*K + j is (x_i, y = j)
+        gen = self.g(ys, z.repeat_interleave(k, 0)).reshape(n, k, -1)
+        resid = (x.flatten(1)[:, None, :] - gen).pow(2).sum(2)
+        return self.log_prior[None, :] - resid / (2 * self.sigma**2 * temperature)
+
+    def posterior(self, x: Tensor, z: Tensor, temperature: float = 1.0) -> Tensor:
+        """p(y | x, z) [N, K] (Eqs. 5-6): a softmax over the K log-joints (the z terms cancel)."""
+        return torch.softmax(self.log_joint_all(x, z, temperature), dim=1)
+
+    def langevin_z(self, x: Tensor, y: Tensor, z: Tensor, steps: int, noise: bool | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """``steps`` Langevin steps on z (Eq. 3) against the current G with y fixed (G's weights untouched)."""
+        cfg = self.langevin_cfg
+        return langevin(lambda zz: self.energy(x, y, zz), z, steps, float(cfg["step_size"]),
+                        bool(cfg["noise"]) if noise is None else noise, frozen=[self.generator], generator=generator)
+
+    # ------------------------------------------------------------------ persistent state
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        n = len(dm.fit_set) if dm is not None and getattr(dm, "fit_set", None) is not None else 0
+        if n and self.latents.size != n:  # Algorithm 1 lines 2-3 (a resumed run loads its saved state over this)
+            pi = self.log_prior.exp().cpu()
+
+            def init(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+                if name == "z":
+                    return torch.randn(shape)
+                return torch.multinomial(pi, shape[0], replacement=True)
+
+            self.latents.allocate(n, init, device=self.device)
+
+    # ------------------------------------------------------------------ training
+    def temperature(self) -> float:
+        start, iters = float(self.remedies["temperature"]), int(self.remedies["anneal_iters"])
+        if iters <= 0 or self._t >= iters:
+            return 1.0 if iters > 0 else start
+        return start + (1.0 - start) * self._t / iters
+
+    def on_train_start(self) -> None:
+        self._t = int(self.iterations)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, idx = batch
+        x = x.float()
+        z = self.latents.read("z", idx)
+        y = self.latents.read("y", idx)
+        z = self.langevin_z(x, y, z, int(self.langevin_cfg["steps"]))  # 1. inference on z
+        with torch.no_grad():  # 2. inference on y
+            post = self.posterior(x, z, self.temperature())
+        use_map = self.y_inference == "map" and self._t >= int(self.remedies["map_burn_in"])
+        y = post.argmax(1) if use_map else torch.multinomial(post, 1).squeeze(1)
+        resid = (x - self.g(y, z)).flatten(1).pow(2).sum(1)  # 3. learning theta on -log p(x, y, z) (Eq. 8)
+        loss = (resid / (2 * self.sigma**2)).mean()
+        self.update("generator", loss)
+        self.latents.write("z", idx, z)
+        self.latents.write("y", idx, y)
+        self.iterations += 1
+        self._t += 1
+        self._confidence.append(post.max(1).values.mean().detach())
+        self.log_dict({"train/loss": loss.detach(), "train/mse": resid.detach().mean() / x[0].numel(),
+                       "train/z_norm": z.norm(dim=1).mean()}, on_step=True, on_epoch=False, batch_size=len(x))
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self.log_dict(self.usage(), on_step=False, on_epoch=True)
+
+    def usage(self, reset: bool = True) -> dict[str, float]:
+        """Cluster usage of the stored y's (normalised entropy; 1 = uniform) and the posterior's confidence."""
+        counts = torch.bincount(self.latents.y.cpu(), minlength=self.n_clusters).double() if self.latents.size else None
+        out = {}
+        if counts is not None:
+            p = counts / counts.sum()
+            out["train/y_usage"] = float(-(p * p.clamp_min(1e-12).log()).sum() / math.log(max(self.n_clusters, 2)))
+        if self._confidence:
+            out["train/y_confidence"] = float(torch.stack(self._confidence).mean())
+            if reset:
+                self._confidence = []
+        return out
+
+    # ------------------------------------------------------------------ clustering
+    def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        x = x.float()
+        if idx is not None and self.latents.size:  # training examples: from their stored z_i
+            return self.posterior(x, self.latents.read("z", idx).to(x.device))
+        return self.infer(x, self.inference_cfg["mode"])
+
+    def embed(self, x: Tensor, name: str) -> Tensor:
+        """'reinferred' / 'per_cluster': the posterior of new-data inference (gibbs / per_cluster chains)."""
+        if name == "reinferred":
+            return self.infer(x.float(), "gibbs")
+        if name == "per_cluster":
+            return self.infer(x.float(), "per_cluster")
+        return super().embed(x, name)
+
+    def infer(self, x: Tensor, mode: str, sweeps: int | None = None, steps: int | None = None) -> Tensor:
+        """p(y | x) for new data: Gibbs sweeps from a fresh z, or K per-class chains (module doc)."""
+        cfg = self.inference_cfg
+        sweeps = int(cfg["sweeps"] if sweeps is None else sweeps)
+        steps = int(cfg["steps"] if steps is None else steps)
+        rng = torch.Generator(device=x.device).manual_seed(int(cfg["seed"]))  # the training stream stays untouched
+        with eval_mode(self.generator), frozen(self.generator):
+            if mode == "per_cluster":
+                n, k = len(x), self.n_clusters
+                xs, ys = x.repeat_interleave(k, 0), torch.arange(k, device=x.device).repeat(n)
+                z = torch.randn(n * k, self.z_dim, generator=rng, device=x.device)
+                z = self.langevin_z(xs, ys, z, sweeps * steps, generator=rng)
+                with torch.no_grad():
+                    return torch.softmax(-self.energy(xs, ys, z).reshape(n, k), dim=1)
+            z = torch.randn(len(x), self.z_dim, generator=rng, device=x.device)
+            with torch.no_grad():
+                post = self.posterior(x, z)
+            for _ in range(sweeps):
+                z = self.langevin_z(x, post.argmax(1), z, steps, generator=rng)
+                with torch.no_grad():
+                    post = self.posterior(x, z)
+        return post
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def sample(self, n: int, cluster: int | None = None) -> Tensor:
+        y = (torch.multinomial(self.log_prior.exp(), n, replacement=True) if cluster is None
+             else torch.full((n,), int(cluster), dtype=torch.long, device=self.device))
+        with eval_mode(self.generator):
+            return self.g(y.to(self.device), torch.randn(n, self.z_dim, device=self.device))
+
+    def save_figures(self, out_dir: Path) -> list[Path]:
+        """Fig. 2: rows share z, columns share y."""
+        from genclust.viz.figures import save_grid
+
+        rows = 8
+        z = torch.randn(rows, self.z_dim, generator=torch.Generator().manual_seed(0)).to(self.device)
+        k = self.n_clusters
+        with torch.no_grad(), eval_mode(self.generator):
+            imgs = self.g(torch.arange(k, device=self.device).repeat(rows), z.repeat_interleave(k, 0))
+        return [save_grid(self.to_unit_range(imgs), Path(out_dir) / "cgm_rows_z_columns_y.png", nrow=k)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"y_inference": self.y_inference, "sigma": self.sigma, "z_dim": self.z_dim,
+                "langevin": self.langevin_cfg, "inference": self.inference_cfg, "remedies": self.remedies,
+                "iterations": int(self.iterations), "autocast": "bf16" if self.autocast_active() else "none",
+                "training_examples_scored_by": "p(y | x, stored z_i) (read-out 'reinferred': from scratch)",
+                **{k.split("/")[1]: v for k, v in self.usage(reset=False).items()}}
+
+
+__all__ = ["CGM"]

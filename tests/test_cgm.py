@@ -1,0 +1,111 @@
+"""CGM: the generator for every supported shape, Eq. 4's energy and Langevin, the K-way posterior against a
+brute-force loop, persistent per-example state (checkpoint / resume), new-data inference and a smoke fit."""
+
+import pytest
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+
+from genclust.errors import ConfigError
+from genclust.methods.cgm import CGM
+from genclust.train import run
+from tests.helpers import compose_cfg, options
+
+
+def make(img_shape=(1, 8, 8), k=4, **kw):
+    cfg = compose_cfg(["method=cgm", "dataset=mnist_test"])  # the paper's config (no method_dataset pair)
+    with open_dict(cfg):
+        cfg.method.img_shape, cfg.method.n_clusters = list(img_shape), k
+        cfg.method.nets.generator.channels = [16, 8, 8, 8, 8]
+        for key, value in kw.items():
+            OmegaConf.update(cfg.method, key, value, merge=False)
+    torch.manual_seed(0)
+    try:
+        return instantiate(cfg.method, _convert_="all")
+    except InstantiationException as err:
+        raise err.__cause__ from None
+
+
+def test_paper_settings():
+    m = instantiate(compose_cfg(["method=cgm", "dataset=mnist_test"]).method, _convert_="all")
+    assert (m.z_dim, m.sigma, m.langevin_cfg["steps"]) == (100, 0.3, 100)  # §3.3
+    kw = m.optim_factories["generator"].keywords
+    assert kw["lr"] == 2e-4 and kw["betas"][0] == 0.5  # §3.3
+    assert torch.allclose(m.log_prior.exp(), torch.full((10,), 0.1))  # uniform pi
+    assert m.generator.plan == {"start": 7, "stride2_layers": 2, "widths": [256, 128, 64]}  # the 28x28 variant
+
+
+@pytest.mark.parametrize("shape,plan", [((1, 8, 8), (1, 3)), ((1, 28, 28), (7, 2)), ((3, 32, 32), (2, 4))])
+def test_generator_shapes(shape, plan):
+    m = make(shape)
+    assert (m.generator.plan["start"], m.generator.plan["stride2_layers"]) == plan  # 32x32: strides 2,2,2,2,1
+    x = m.sample(5)
+    assert x.shape == (5, *shape) and x.abs().max() <= 1  # tanh
+    assert m.sample(3, cluster=2).shape == (3, *shape)
+
+
+def test_bad_settings():
+    with pytest.raises(ConfigError, match="prior"):
+        make(prior=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="y_inference"):
+        make(y_inference="mode")
+    with pytest.raises(ConfigError, match="unknown langevin"):
+        make(**{"langevin.stepsize": 0.1})
+
+
+def test_posterior_sums_to_one_and_equals_a_loop_over_k():
+    m = make(k=4).eval()
+    x, z = torch.rand(6, 1, 8, 8) * 2 - 1, torch.randn(6, m.z_dim)
+    with torch.no_grad():
+        post = m.posterior(x, z)
+        loop = torch.stack([-m.energy(x, torch.full((6,), j), z) for j in range(4)], 1)  # log p(x, y = j, z) + C
+    assert torch.allclose(post.sum(1), torch.ones(6))
+    assert torch.allclose(post, torch.softmax(loop, 1), atol=1e-6)
+    hot = m.posterior(x, z, temperature=100.0)  # the annealing remedy flattens it
+    assert (hot.max(1).values <= post.max(1).values + 1e-6).all()
+
+
+def test_energy_is_eq4_and_a_noiseless_small_langevin_step_lowers_it():
+    m = make(k=3).eval()
+    x, y, z = torch.rand(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1]), torch.randn(5, m.z_dim)
+    with torch.no_grad():
+        want = 0.5 * z.pow(2).sum(1) + (x - m.g(y, z)).flatten(1).pow(2).sum(1) / (2 * 0.3**2) - m.log_prior[y]
+        assert torch.allclose(m.energy(x, y, z), want)
+    m.langevin_cfg["step_size"] = 1e-3
+    z1 = m.langevin_z(x, y, z, steps=1, noise=False)
+    with torch.no_grad():
+        assert (m.energy(x, y, z1) < m.energy(x, y, z)).all()
+    assert all(p.requires_grad and p.grad is None for p in m.generator.parameters())  # G untouched
+
+
+def test_new_data_inference_is_deterministic_and_normalised():
+    m = make(k=3, **{"inference.sweeps": 1, "inference.steps": 2}).eval()
+    x = torch.rand(7, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        a, b = m.cluster_probs(x), m.cluster_probs(x)
+        chains = m.infer(x, "per_cluster")
+    assert torch.equal(a, b) and torch.allclose(a.sum(1), torch.ones(7), atol=1e-5)
+    assert chains.shape == (7, 3) and torch.allclose(chains.sum(1), torch.ones(7), atol=1e-5)
+
+
+def test_smoke_fit_scores_stored_state_and_reinference_and_resumes_exactly(tmp_path):
+    overrides = ["method=cgm", "dataset=digits", "trainer=smoke", "logger=none",
+                 "callbacks.evaluator.every_n_epochs=0", "method.langevin.steps=3"]
+    result = run(compose_cfg(overrides, tmp_path / "a"))
+    assert 0 <= result["eval/train/acc"] <= 1 and 0 <= result["eval/train/reinferred/acc"] <= 1
+    assert result["method_info"]["iterations"] == 3 and 0 < result["method_info"]["y_usage"] <= 1
+    assert (tmp_path / "a" / "figures" / "cgm_rows_z_columns_y.png").is_file()
+    model = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert model["latents.z"].shape == (1438, 100) and torch.equal(ckpt["latents.z"], model["latents.z"])
+    assert torch.equal(ckpt["latents.y"], model["latents.y"])
+    # a resumed run starts from the saved per-example state, not a fresh draw
+    cfg = compose_cfg(overrides, tmp_path / "a")
+    m = instantiate(cfg.method, _convert_="all")
+    m.load_state_dict(ckpt)
+    assert torch.equal(m.latents.z, ckpt["latents.z"]) and m.latents.size == 1438
+
+
+def test_listed_as_a_method():
+    assert "cgm" in options("method") and issubclass(CGM, torch.nn.Module)
