@@ -10,7 +10,7 @@ from omegaconf import OmegaConf, open_dict
 from genclust.errors import ConfigError
 from genclust.methods.cgm import CGM
 from genclust.train import run
-from tests.helpers import compose_cfg, options
+from tests.helpers import DATA_DIR, compose_cfg, options, requires_mnist_test
 
 
 def make(img_shape=(1, 8, 8), k=4, **kw):
@@ -109,3 +109,14 @@ def test_smoke_fit_scores_stored_state_and_reinference_and_resumes_exactly(tmp_p
 
 def test_listed_as_a_method():
     assert "cgm" in options("method") and issubclass(CGM, torch.nn.Module)
+
+
+@requires_mnist_test
+def test_held_out_split_protocol():
+    from genclust.data import ClusteringDataModule
+
+    dm = ClusteringDataModule(compose_cfg(["dataset=mnist_test_split"]).dataset, data_dir=str(DATA_DIR), download=False)
+    dm.setup("fit")
+    sizes = {split: len(data) for split, data in dm.eval_sets.items()}
+    assert len(dm.fit_set) == 8000 and sizes == {"test": 2000, "train": 8000, "all": 10000}
+    assert dm.eval_sets["train"].x is dm.fit_set.x and dm.eval_sets["all"].x is not dm.fit_set.x

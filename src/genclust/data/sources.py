@@ -118,6 +118,15 @@ def _split(x: np.ndarray, y: np.ndarray, train_fraction: float, seed: int) -> Pa
     return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}
 
 
+def held_out_split(which: str = "mnist", data_dir: str | Path = "data", download: bool = False,
+                   base_part: str = "test", train_fraction: float = 0.8, seed: int = 0) -> Parts:
+    """One IDX part (``which``: mnist | fashion_mnist) split ``train_fraction`` / rest with a fixed permutation:
+    a train/held-out protocol on the files every machine has (e.g. 8k / 2k of the MNIST test set)."""
+    if which not in ("mnist", "fashion_mnist"):
+        raise DataError(f"held_out_split: which must be mnist or fashion_mnist, got {which!r}")
+    return _split(*load_idx_part(which, base_part, data_dir, download), train_fraction, seed)
+
+
 def artifact_mnist(data_dir: str | Path = "data", download: bool = False, base_part: str = "test",
                    train_fraction: float = 0.8, levels: Sequence[float] = (0.1, 0.5, 0.9), seed: int = 0,
                    base: str = "mnist") -> Parts:
