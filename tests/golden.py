@@ -9,6 +9,7 @@ capability and the comparison is exact on a host of the same capability only; ru
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -36,18 +37,25 @@ def cpu_capability() -> str:
     return str(torch.backends.cpu.get_cpu_capability())
 
 
+@contextlib.contextmanager
+def recording_threads():
+    """torch's intra-op threads as in the recording (oneDNN's reduction order depends on the count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_case(name: str, out_dir: Path) -> dict[str, np.ndarray]:
     """Train one case and return its assignments (argmax and every read-out) per eval split."""
     from genclust.train import run
     from tests.helpers import compose_cfg
 
     cfg = compose_cfg(COMMON + CASES[name], output_dir=out_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)  # oneDNN's reduction order depends on the thread count
-    try:
+    with recording_threads():
         run(cfg)
-    finally:
-        torch.set_num_threads(threads)
     arrays = dict(np.load(out_dir / "assignments.npz"))
     return {f"{name}/{k}": v for k, v in arrays.items() if not k.endswith("/label")}
 

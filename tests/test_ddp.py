@@ -79,13 +79,13 @@ def _state_worker(rank: int, world: int, port: int, out: dict) -> None:
 
 
 def test_example_state_sync_equals_single_process():
-    """Per-index state after a 2-process epoch: each rank's writes, merged; a row both wrote gets the mean."""
+    """Per-index state after a 2-process epoch: each rank's writes, merged; a row both wrote takes rank 1's."""
     single = ExampleState({"z": ((3,), torch.float32), "y": ((), torch.long)})
     single.allocate(20)
     every = torch.arange(20)
     single.write("z", every, every[:, None].float().expand(-1, 3) * 10)
     single.write("y", every, every % 7)
-    single.z[19] = 0.5  # written by both ranks (values 0 and 1): the mean
+    single.z[19] = 1.0  # written by both ranks (values 0 and 1): the highest rank's, whole
     manager = mp.Manager()
     out = manager.dict()
     mp.spawn(_state_worker, args=(2, _free_port(), out), nprocs=2, join=True)

@@ -8,7 +8,7 @@ on hosts of the recording host's capability; elsewhere the assignments must agre
 import numpy as np
 import pytest
 
-from tests.golden import CASES, GOLDEN, cpu_capability, run_case
+from tests.golden import CASES, GOLDEN, cpu_capability, recording_threads, run_case
 
 REFERENCE = np.load(GOLDEN)
 SAME_HOST_KIND = str(REFERENCE["capability"]) == cpu_capability()
@@ -44,13 +44,9 @@ def test_clustergan_algorithm_1_equals_the_pre_refactor_code(tmp_path):
     model.bp["iters"] = 20
     dm = build_datamodule(cfg, model)
     dm.setup("fit")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with recording_threads():
         torch.manual_seed(123)
         z, losses = model.decode_latent(dm.eval_sets["test"].x[:40])
-    finally:
-        torch.set_num_threads(threads)
     if SAME_HOST_KIND:
         np.testing.assert_array_equal(losses.numpy(), REFERENCE["clustergan/test40/backprop/losses"])
         np.testing.assert_array_equal(z.numpy(), REFERENCE["clustergan/test40/backprop/z"])
@@ -65,8 +61,22 @@ def test_predict_reproduces_every_stored_assignment(name, tmp_path):
 
     run_case(name, tmp_path)
     stored = np.load(tmp_path / "assignments.npz")
-    predict(tmp_path, out=tmp_path / "again.npz")
+    with recording_threads():
+        predict(tmp_path, out=tmp_path / "again.npz")
     again = np.load(tmp_path / "again.npz")
     assert stored.files == again.files and any(k.count("/") == 2 for k in stored.files) == (name != "udc")
+    for key in stored.files:
+        np.testing.assert_array_equal(again[key], stored[key], err_msg=key)
+
+
+def test_predict_from_a_checkpoint_fits_the_readouts_as_training_did(tmp_path):
+    from genclust.predict import predict
+
+    run_case("clustergan", tmp_path)
+    stored = np.load(tmp_path / "assignments.npz")
+    with recording_threads():
+        result = predict(tmp_path / "checkpoints" / "last.ckpt", out=tmp_path / "from_ckpt.npz")
+    assert result["readouts_fitted_from_checkpoint"] == ["kmeans_latent"]
+    again = np.load(tmp_path / "from_ckpt.npz")
     for key in stored.files:
         np.testing.assert_array_equal(again[key], stored[key], err_msg=key)

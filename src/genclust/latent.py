@@ -89,7 +89,8 @@ class ExampleState(nn.Module):
     ``allocate(n)`` creates them (with their initial values); ``read(name, idx)`` / ``write(name, idx, v)``
     access one batch. Under DDP every rank holds the whole table, writes only the indices of its own
     batches, and :meth:`sync` (a collective: call it on every rank, e.g. before an evaluation and when
-    checkpointing) merges the writes: an index written on several ranks since the last sync gets the mean.
+    checkpointing) merges the writes: an index written on several ranks since the last sync takes the
+    highest rank's value.
     The tables are buffers: they move with the module and are in ``state_dict``; loading a state of
     another size re-allocates them.
     """
@@ -111,7 +112,10 @@ class ExampleState(nn.Module):
         for name, (shape, dtype) in self.specs.items():
             full = (int(n), *shape)
             value = init(name, full, dtype) if init is not None else torch.zeros(full, dtype=dtype)
-            self.register_buffer(name, value.to(device=device, dtype=dtype))
+            value = value.to(device=device, dtype=dtype)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.broadcast(value, src=0)  # one initial state (rank 0's) on every rank
+            self.register_buffer(name, value)
         self._dirty = {}
 
     def read(self, name: str, idx: Tensor) -> Tensor:
@@ -128,25 +132,29 @@ class ExampleState(nn.Module):
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Merge the writes of every DDP rank since the last sync (no-op in a single process)."""
+        """Merge the writes of every DDP rank since the last sync (no-op in a single process).
+
+        A row written on one rank takes that rank's value; a row written on several (a padded duplicate of
+        the DistributedSampler) takes the highest rank's value, whole: no averaging, so an integer table
+        (CGM's y) never gets a label that nobody wrote."""
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             self._dirty = {}
             return
         comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        for name in self.specs:  # every rank visits every table in the same order (collectives)
-            table = getattr(self, name)
+        me = dist.get_rank() + 1
+        for name in self.specs:  # every rank visits every allocated table in the same order (collectives)
+            table = getattr(self, name, None)
+            if table is None:
+                continue
             dirty = self._dirty.get(name)
             dirty = (dirty if dirty is not None else torch.zeros(len(table), dtype=torch.bool)).to(comm)
-            count = dirty.to(torch.float64)
-            dist.all_reduce(count)
-            shape = (-1, *([1] * (table.dim() - 1)))
-            total = torch.where(dirty.reshape(shape), table.to(comm, torch.float64),
-                                torch.zeros((), dtype=torch.float64, device=comm))
-            dist.all_reduce(total)
-            mean = total / count.clamp_min(1).reshape(shape)
-            merged = mean.to(table.dtype) if table.is_floating_point() else mean.round().to(table.dtype)
-            written = (count > 0).to(table.device)
-            table[written] = merged.to(table.device)[written]
+            owner = torch.where(dirty, torch.tensor(me, device=comm), torch.tensor(0, device=comm))
+            dist.all_reduce(owner, op=dist.ReduceOp.MAX)  # the writing rank (+1) of each row, 0 = unwritten
+            mine = (owner == me).reshape(-1, *([1] * (table.dim() - 1)))
+            value = torch.where(mine, table.to(comm, torch.float64), torch.zeros((), dtype=torch.float64, device=comm))
+            dist.all_reduce(value)  # float64 holds float32 and integer labels exactly
+            written = (owner > 0).to(table.device)
+            table[written] = value.to(table.device)[written].to(table.dtype)
         self._dirty = {}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

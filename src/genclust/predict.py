@@ -84,6 +84,16 @@ def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, 
     dm.setup("predict")
     predictions, result = {}, {}
     same_data = dm.name == cfg.dataset.name  # the training examples keep their fit-set index (stored state)
+    from_checkpoint = Path(run).is_file() or not (run_dir / "model.pt").is_file()
+    if from_checkpoint:
+        # Lightning checkpoints are written before train.py fits the read-outs (model.pt carries them): fit
+        # them now, once, on the run's fit set, exactly as train.py does at the end of training
+        if same_data:
+            method.fit_readouts(dm.fit_set.x)
+            result["readouts_fitted_from_checkpoint"] = sorted(method.readouts)
+        elif any(not r.fitted for r in method.readouts.values()):
+            raise GenclustError("the checkpoint's read-outs are not fitted: predict with the run folder's model.pt, "
+                                "or on the run's own dataset (read-outs are fitted on its fit set)")
     for split, data in dm.eval_sets.items():
         pred = predict_set(method, data, fit_set=dm.fit_set if same_data else None)
         predictions[split] = pred

@@ -8,8 +8,9 @@ HC-MGAN's split probabilities) and is
 * **fitted once** on the fit set, after training (``ClusteringMethod.fit_readouts``; never inside a
   read, never on evaluation data);
 * **stored with the model**: its fitted state is module extra state (tensors, or a pickled estimator
-  as a uint8 tensor), so ``model.pt``/checkpoints load with ``weights_only=True`` and ``predict.py``
-  assigns new data exactly as the run did;
+  as a uint8 tensor), so ``model.pt`` loads with ``torch.load(weights_only=True)`` and ``predict.py``
+  assigns new data exactly as the run did. A pickled estimator is unpickled when the read-out first
+  predicts: load models only from run folders you trust (as with any pickle);
 * free to **discover K** (``clusters_found``) and to label points **noise (-1)**; the shared metrics
   count noise as errors in ACC and report ``fraction_labeled`` / ``acc_labeled`` beside it.
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from genclust.data.datamodule import PIXEL_RANGES
@@ -207,6 +208,7 @@ class ClusteringMethod(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self.raise_if_diverged()
+        self.sync_example_state()  # every rank reads every row's latest value next epoch
 
     def _timer(self) -> pl.callbacks.Timer | None:
         trainer = self._trainer
@@ -255,30 +257,35 @@ class ClusteringMethod(pl.LightningModule):
 
     def assign(self, x: Tensor, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(probs [N, K], labels [N]) of one batch through the primary assignment (``clustering``)."""
-        if self.clustering != "argmax":
-            readout = self.readouts[self.clustering]
-            probs, labels = readout(self.embed(x, readout.embedding))
-            return (_one_hot_or(probs, labels, self.n_clusters), labels)
-        probs = self.cluster_probs(x, idx)
-        if type(self).cluster_labels is ClusteringMethod.cluster_labels:
-            return probs, probs.argmax(dim=1)
-        return probs, self.cluster_labels(x, idx)
+        out = self.predict_batch(x, idx, readouts=[self.clustering] if self.clustering != "argmax" else [])
+        return out["probs"], out["labels"]
 
-    def predict_batch(self, x: Tensor, idx: Tensor | None = None) -> dict[str, Tensor]:
+    def predict_batch(self, x: Tensor, idx: Tensor | None = None,
+                      readouts: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Every assignment of one batch: ``probs``/``labels`` (primary) and ``<readout>/labels`` (and
-        ``<readout>/probs`` where the read-out has them) for each fitted read-out."""
-        probs, labels = self.assign(x, idx)
-        out = {"probs": probs, "labels": labels}
+        ``<readout>/probs`` where the read-out has them) for each fitted read-out (or those in ``readouts``).
+        Each embedding is computed once per batch (a read-out that is the primary assignment included)."""
+        names = [n for n, r in self.readouts.items() if r.fitted] if readouts is None else list(readouts)
+        out: dict[str, Tensor] = {}
         embeddings: dict[str, Tensor] = {}
-        for name, readout in self.readouts.items():
-            if not readout.fitted:
-                continue
+        for name in names:
+            readout = self.readouts[name]
             if readout.embedding not in embeddings:
                 embeddings[readout.embedding] = self.embed(x, readout.embedding)
             r_probs, r_labels = readout(embeddings[readout.embedding])
             out[f"{name}/labels"] = r_labels
             if r_probs is not None:
                 out[f"{name}/probs"] = r_probs
+        if self.clustering != "argmax":
+            readout = self.readouts[self.clustering]
+            width = max(self.n_clusters, readout.clusters_found() or 0)  # fixed per fit: batches concatenate
+            out["probs"] = _one_hot_or(out.get(f"{self.clustering}/probs"), out[f"{self.clustering}/labels"], width)
+            out["labels"] = out[f"{self.clustering}/labels"]
+        else:
+            probs = self.cluster_probs(x, idx)
+            out["probs"] = probs
+            noise_aware = type(self).cluster_labels is not ClusteringMethod.cluster_labels
+            out["labels"] = self.cluster_labels(x, idx) if noise_aware else probs.argmax(dim=1)
         return out
 
     @torch.no_grad()
@@ -295,19 +302,10 @@ class ClusteringMethod(pl.LightningModule):
             return {"probs": torch.empty(0, self.n_clusters), "labels": torch.empty(0, dtype=torch.long)}
         return {k: torch.cat(v) for k, v in parts.items()}
 
-    @torch.no_grad()
     def assign_in_batches(self, x: Tensor, batch_size: int = 1024, idx: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``assign`` over a large tensor, batch by batch, in eval mode; results on the CPU."""
-        probs, labels = [], []
-        with eval_mode(self):
-            for i in range(0, len(x), batch_size):
-                sub = None if idx is None else idx[i: i + batch_size]
-                p, lab = self.assign(x[i: i + batch_size].to(self.device), sub)
-                probs.append(p.float().cpu())
-                labels.append(lab.long().cpu())
-        if not probs:
-            return torch.empty(0, self.n_clusters), torch.empty(0, dtype=torch.long)
-        return torch.cat(probs), torch.cat(labels)
+        """(probs, labels) of the primary assignment over a large tensor (``predict_in_batches``'s first two)."""
+        out = self.predict_in_batches(x, idx, batch_size)
+        return out["probs"], out["labels"]
 
     @torch.no_grad()
     def embed_in_batches(self, x: Tensor, name: str, batch_size: int = 1024) -> Tensor:
@@ -346,22 +344,28 @@ class ClusteringMethod(pl.LightningModule):
     def fit_readouts(self, x: Tensor, batch_size: int = 1024) -> None:
         """Fit every read-out once on the fit set ``x`` (train.py calls this after training)."""
         self.prepare_readouts()
-        cache: dict[tuple[str, int | None], Any] = {}  # one embedding pass per embedding (a tree cut: per k)
-        for readout in self.readouts.values():
-            key = (readout.embedding, readout.cut_k)
-            if key not in cache:
-                cache[key] = self.readout_fit_input(readout, x, batch_size)
-            readout.fit(cache[key])
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        if rank == 0:
+            cache: dict[tuple[str, int | None], Any] = {}  # one embedding pass per embedding (a tree cut: per k)
+            for readout in self.readouts.values():
+                key = (readout.embedding, readout.cut_k)
+                if key not in cache:
+                    cache[key] = self.readout_fit_input(readout, x, batch_size)
+                readout.fit(cache[key])
+        if world > 1:  # one fit (rank 0's), the same on every rank: ranks may differ in e.g. BN statistics
+            states = [{name: r.get_extra_state() for name, r in self.readouts.items()}]
+            dist.broadcast_object_list(states, src=0)
+            for name, state in states[0].items():
+                self.readouts[name].set_extra_state(state)
 
     def readout_info(self) -> dict[str, Any]:
         return {name: r.describe() for name, r in self.readouts.items()}
 
 
-def _one_hot_or(probs: Tensor | None, labels: Tensor, k: int) -> Tensor:
-    """A read-out's probs, or one-hot rows of its labels (noise rows all zero) when it has none."""
+def _one_hot_or(probs: Tensor | None, labels: Tensor, width: int) -> Tensor:
+    """A read-out's probs, or one-hot rows of its labels (noise rows all zero) ``width`` wide when it has none."""
     if probs is not None:
         return probs
-    width = max(k, int(labels.max()) + 1 if len(labels) else k)
     out = torch.zeros(len(labels), width, device=labels.device)
     keep = labels >= 0
     out[keep, labels[keep]] = 1.0

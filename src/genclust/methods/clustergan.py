@@ -417,7 +417,8 @@ class ClusterGAN(ClusteringMethod):
         info: dict[str, Any] = {
             "clustering": self.clustering,
             "inference": self.inference,
-            "cluster_probs": "softmax of the encoder's z_c logits",
+            "cluster_probs": ("softmax of the encoder's z_c logits" if self.clustering == "argmax"
+                              else f"read-out {self.clustering} (fitted once on the fit set)"),
             "arch": "conv" if self.conv else "mlp",
             "generator_steps": int(self.gen_steps),
             "critic_steps": int(self.critic_steps),

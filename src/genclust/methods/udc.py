@@ -429,7 +429,6 @@ class UDC(ClusteringMethod):
         with eval_mode(self):  # same z across rows: the row is the cluster id
             rows = [self.to_unit_range(self.generate(torch.full((per_row,), k, device=self.device), z))
                     for k in range(self.n_clusters)]
-        # SEAM: the one call site for the shared per-cluster grid (lead: viz.figures.cluster_grid(rows, path))
         return figures.save_grid(torch.cat(rows), path, nrow=per_row, padding=2, pad_value=1.0)
 
     def _surface_plot(self, path: Path) -> Path:

@@ -41,6 +41,13 @@ def confusion_figure(labels_true: np.ndarray, labels_pred: np.ndarray, path: Pat
     return path
 
 
+def grid_image(images: torch.Tensor, nrow: int, padding: int = 1, pad_value: float = 0.0) -> torch.Tensor:
+    """``images`` ([N, C, H, W] in [0, 1]) as one [3, H', W'] grid image (a panel of a larger figure)."""
+    from torchvision.utils import make_grid
+
+    return make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=padding, pad_value=pad_value)
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int, padding: int = 1, pad_value: float = 0.0) -> Path:
     """Write ``images`` ([N, C, H, W] in [0, 1]) as a grid of ``nrow`` per row: the one image-grid writer."""
     save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow, padding=padding, pad_value=pad_value)

@@ -33,11 +33,11 @@ def _class_names(dataset: str, n: int) -> list[str]:
 
 
 def _grid(images: Tensor, nrow: int = 5) -> Tensor:
-    from torchvision.utils import make_grid
+    from genclust.viz.figures import grid_image
 
     if images.dim() == 2:  # vector data: nothing to draw
         return torch.zeros(3, 8, 8)
-    return make_grid(images.clamp(0, 1).cpu(), nrow=nrow, padding=1, pad_value=1.0)
+    return grid_image(images, nrow=nrow, padding=1, pad_value=1.0)
 
 
 def _layout(tree: Tree) -> dict[int, tuple[float, int]]:

@@ -266,6 +266,7 @@ class HCMGAN(ClusteringMethod):
                 self.trainer.should_stop = not self._last_attempt
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # The current stage's game is transient (a run resumes per stage from <root>/tree/):
         # checkpoints carry the tree only, so they load into a fresh module and stay small.
         sd = checkpoint.get("state_dict", {})
