@@ -418,7 +418,11 @@ class UDC(ClusteringMethod):
         if len(self.img_shape) == 3:
             return [self._cluster_grid(out_dir / "udc_samples_by_cluster.png")]
         if self.img_shape[0] == 2:
-            return [self._surface_plot(out_dir / "udc_clustering_surface.png")]
+            from genclust.viz.figures import clustering_surface
+
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            real = dm.fit_set.x[:2000] if dm is not None and getattr(dm, "fit_set", None) is not None else None
+            return [clustering_surface(self, real, out_dir / "udc_clustering_surface.png", "UDC (argmax C)")]
         return []
 
     def _cluster_grid(self, path: Path, per_row: int = 10) -> Path:
@@ -430,30 +434,3 @@ class UDC(ClusteringMethod):
             rows = [self.to_unit_range(self.generate(torch.full((per_row,), k, device=self.device), z))
                     for k in range(self.n_clusters)]
         return figures.save_grid(torch.cat(rows), path, nrow=per_row, padding=2, pad_value=1.0)
-
-    def _surface_plot(self, path: Path) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fake = self.sample(2000).float().cpu()
-        real = None
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and getattr(dm, "fit_set", None) is not None:
-            real = dm.fit_set.x[:2000].float()
-        pts = fake if real is None else torch.cat([fake, real])
-        lo, hi = pts.min(0).values - 0.3, pts.max(0).values + 0.3
-        gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
-        grid = torch.stack([gx.flatten(), gy.flatten()], 1)
-        lab = self.assign_in_batches(grid, 8192)[1].reshape(gx.shape)
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.contourf(gx, gy, lab, levels=self.n_clusters, cmap="tab10", alpha=0.35)
-        if real is not None:
-            ax.scatter(real[:, 0], real[:, 1], s=3, c="tab:orange", marker="+", label="real")
-        ax.scatter(fake[:, 0], fake[:, 1], s=3, c="tab:green", marker="+", label="generated")
-        ax.legend(loc="upper right", fontsize=7)
-        ax.set_title("UDC clustering surface (argmax C)")
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        return path

@@ -64,3 +64,24 @@ def sample_grid(module, per_cluster: int, path: Path) -> Path | None:
             return None
         rows.append(module.to_unit_range(images.float().cpu()))
     return save_grid(torch.cat(rows), path, nrow=per_cluster)
+
+
+@torch.no_grad()
+def clustering_surface(module, real: torch.Tensor | None, path: Path, title: str = "") -> Path:
+    """2-D data: the method's assignment over the plane (filled contours), its samples and the real points."""
+    fake = module.sample(2000).float().cpu()
+    real = None if real is None else real.float().cpu()
+    pts = fake if real is None else torch.cat([fake, real])
+    lo, hi = pts.min(0).values - 0.3, pts.max(0).values + 0.3
+    gx, gy = torch.meshgrid(torch.linspace(lo[0], hi[0], 300), torch.linspace(lo[1], hi[1], 300), indexing="xy")
+    labels = module.assign_in_batches(torch.stack([gx.flatten(), gy.flatten()], 1), 8192)[1].reshape(gx.shape)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.contourf(gx, gy, labels, levels=module.n_clusters, cmap="tab10", alpha=0.35)
+    if real is not None:
+        ax.scatter(real[:, 0], real[:, 1], s=3, c="tab:orange", marker="+", label="real")
+    ax.scatter(fake[:, 0], fake[:, 1], s=3, c="tab:green", marker="+", label="generated")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(f"clustering surface {title}".strip())
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
