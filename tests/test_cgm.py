@@ -1,6 +1,8 @@
 """CGM: the generator for every supported shape, Eq. 4's energy and Langevin, the K-way posterior against a
 brute-force loop, persistent per-example state (checkpoint / resume), new-data inference and a smoke fit."""
 
+import json
+
 import pytest
 import torch
 from hydra.errors import InstantiationException
@@ -100,6 +102,12 @@ def test_smoke_fit_scores_stored_state_and_reinference_and_resumes_exactly(tmp_p
     ckpt = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert model["latents.z"].shape == (1438, 100) and torch.equal(ckpt["latents.z"], model["latents.z"])
     assert torch.equal(ckpt["latents.y"], model["latents.y"])
+    # Fig. 3: ACC against the Langevin steps at inference, into the figure folder and metrics.json
+    from scripts.cgm_langevin_curve import main as langevin_curve
+
+    assert langevin_curve([str(tmp_path / "a"), "--sweeps", "0", "1", "--limit", "40"]) == 0
+    curve = json.loads((tmp_path / "a" / "metrics.json").read_text())["langevin_curve"]
+    assert [c["langevin_steps"] for c in curve] == [0, 10] and (tmp_path / "a" / "figures" / "cgm_langevin_curve.png").is_file()
     # a resumed run starts from the saved per-example state, not a fresh draw
     cfg = compose_cfg(overrides, tmp_path / "a")
     m = instantiate(cfg.method, _convert_="all")
