@@ -263,6 +263,8 @@ class CGM(ClusteringMethod):
         """Fig. 2: rows share z, columns share y."""
         from genclust.viz.figures import save_grid
 
+        if len(self.img_shape) != 3:
+            return []
         rows = 8
         z = torch.randn(rows, self.z_dim, generator=torch.Generator().manual_seed(0)).to(self.device)
         k = self.n_clusters

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from genclust.errors import ConfigError
-from genclust.nets.blocks import Crop, Reshape, activation
+from genclust.nets.blocks import Crop, Reshape, activation, mlp
 
 
 def upsampling_plan(side: int, max_up: int) -> tuple[int, int]:
@@ -59,8 +59,12 @@ class CGMGenerator(nn.Module):
 
 
 def generator(in_dim: int, img_shape: Sequence[int], pixel_range: str = "tanh",
-              channels: Sequence[int] = (256, 128, 64, 32, 16), batch_norm: bool = True) -> nn.Module:
-    """CGMGenerator for ``[C, H, W]`` images (tanh for [-1, 1] data, sigmoid for [0, 1])."""
+              channels: Sequence[int] = (256, 128, 64, 32, 16), batch_norm: bool = True,
+              mlp_hidden: Sequence[int] = (256, 256)) -> nn.Module:
+    """CGMGenerator for ``[C, H, W]`` images (tanh for [-1, 1] data, sigmoid for [0, 1]); for vector data
+    ``[D]`` (not in the paper) an MLP with a linear output (vector sets are not rescaled)."""
+    if len(img_shape) == 1:
+        return mlp([int(in_dim), *[int(h) for h in mlp_hidden], int(img_shape[0])], act="relu", batch_norm=batch_norm)
     return CGMGenerator(in_dim, img_shape, channels, batch_norm, "tanh" if pixel_range == "tanh" else "sigmoid")
 
 
