@@ -23,7 +23,7 @@ from genclust.data.sources import artifact_mnist
 from genclust.errors import GenclustError
 from genclust.evaluation.metrics import cluster_acc
 from genclust.methods.udc import UDC
-from genclust.predict import load_run
+from genclust.predict import load_method
 
 LEVELS = (0.1, 0.5, 0.9)  # configs/dataset/artifact_mnist.yaml
 
@@ -45,12 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"artifact_probe: no checkpoint {args.checkpoint}", file=sys.stderr)
         return 2
     try:  # the nets come from the run's config (method.nets): a checkpoint inside a run folder
-        model = load_run(args.checkpoint)[0]
+        model = load_method(args.checkpoint, UDC)[0]
     except GenclustError as err:
         print(f"artifact_probe: {err}", file=sys.stderr)
-        return 2
-    if not isinstance(model, UDC):
-        print(f"artifact_probe: {args.checkpoint} is not a UDC run", file=sys.stderr)
         return 2
     if model.n_clusters != len(LEVELS):
         print(f"artifact_probe: the run has K = {model.n_clusters}, Artifact-MNIST has {len(LEVELS)}", file=sys.stderr)

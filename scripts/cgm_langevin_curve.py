@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from genclust.errors import GenclustError
 from genclust.evaluation.metrics import clustering_report
 from genclust.methods.cgm import CGM
-from genclust.predict import load_run
+from genclust.predict import load_method
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
     args = parser.parse_args(argv)
     try:
-        method, cfg, run_dir = load_run(args.run)
+        method, cfg, run_dir = load_method(args.run, CGM)
     except GenclustError as err:
         print(f"cgm_langevin_curve: {err}", file=sys.stderr)
-        return 2
-    if not isinstance(method, CGM):
-        print(f"cgm_langevin_curve: {args.run} is not a CGM run", file=sys.stderr)
         return 2
     from genclust.data.datamodule import ClusteringDataModule
 

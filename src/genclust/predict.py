@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -48,6 +49,14 @@ def load_run(path: Path) -> tuple[object, dict, Path]:
     method = instantiate(cfg.method, _convert_="all")
     method.load_state_dict(saved["state_dict"])
     method.eval()
+    return method, cfg, run_dir
+
+
+def load_method(path: Path, kind: type) -> tuple[Any, Any, Path]:
+    """``load_run`` for a script about one method: a GenclustError unless the run is a ``kind`` run."""
+    method, cfg, run_dir = load_run(Path(path))
+    if not isinstance(method, kind):
+        raise GenclustError(f"{path} is not a {kind.__name__} run")
     return method, cfg, run_dir
 
 
