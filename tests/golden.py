@@ -3,7 +3,7 @@
 ``python -m tests.golden record`` runs each case and writes ``tests/data/golden_assignments.npz``; the
 test ``test_golden.py`` re-runs the same cases and compares. A case is (overrides, read-outs to record).
 Float kernels differ between CPU instruction sets (AVX2 vs AVX512), so the file records the host's
-capability and the comparison is exact on a host of the same capability only; runs use 2 threads
+fingerprint and the comparison runs on hosts of the same fingerprint only; runs use 2 threads
 (results depend on the thread count through oneDNN's reduction order).
 """
 
@@ -34,7 +34,20 @@ CASES: dict[str, list[str]] = {
 
 
 def cpu_capability() -> str:
-    return str(torch.backends.cpu.get_cpu_capability())
+    """The host's float-kernel fingerprint: torch's CPU capability, the CPU model and its AMX/AVX512-BF16 flags
+    (oneDNN picks kernels by these; another fingerprint may round differently)."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip().split()[0:2]
+                model = " ".join(model)
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    extras = ",".join(f for f in ("avx512_bf16", "amx_tile") if f in flags)
+    return f"{torch.backends.cpu.get_cpu_capability()}|{model}|{extras}"
 
 
 @contextlib.contextmanager

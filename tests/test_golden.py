@@ -1,8 +1,10 @@
 """The seam-v2 refactor guard: every method's seed-0 assignments on digits equal the pre-refactor code's.
 
 The reference (``tests/data/golden_assignments.npz``) was recorded with the code before the refactor
-(``tests/golden.py``). Float kernels differ between CPU instruction sets, so the exact comparison runs
-on hosts of the recording host's capability; elsewhere the assignments must agree on >= 90% of points.
+(``tests/golden.py``). Float kernels differ between CPU kinds (AVX2 vs AVX512, vendors), and early in training
+the soft assignments are near-uniform, so one rounding difference flips labels: the comparison with the
+reference runs on hosts of the recording host's kind only (skipped elsewhere, naming both). The predict
+round-trips below compare a run with itself and run everywhere.
 """
 
 import numpy as np
@@ -12,8 +14,11 @@ from tests.golden import CASES, GOLDEN, cpu_capability, recording_threads, run_c
 
 REFERENCE = np.load(GOLDEN)
 SAME_HOST_KIND = str(REFERENCE["capability"]) == cpu_capability()
+needs_recording_host = pytest.mark.skipif(
+    not SAME_HOST_KIND, reason=f"reference recorded on {REFERENCE['capability']}; this host is {cpu_capability()}")
 
 
+@needs_recording_host
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_assignments_equal_the_pre_refactor_code(name, tmp_path):
     got = run_case(name, tmp_path)
@@ -21,12 +26,10 @@ def test_assignments_equal_the_pre_refactor_code(name, tmp_path):
     missing = sorted(set(expected) - set(got))
     assert not missing, f"read-outs missing after the refactor: {missing}"
     for key, want in expected.items():
-        if SAME_HOST_KIND:
-            np.testing.assert_array_equal(got[key], want, err_msg=key)
-        elif key.endswith("/cluster"):
-            assert (got[key] == want).mean() >= 0.9, key
+        np.testing.assert_array_equal(got[key], want, err_msg=key)
 
 
+@needs_recording_host
 def test_clustergan_algorithm_1_equals_the_pre_refactor_code(tmp_path):
     """Backprop decoding (now on genclust.latent.descend) from the trained golden model."""
     import torch
@@ -47,11 +50,8 @@ def test_clustergan_algorithm_1_equals_the_pre_refactor_code(tmp_path):
     with recording_threads():
         torch.manual_seed(123)
         z, losses = model.decode_latent(dm.eval_sets["test"].x[:40])
-    if SAME_HOST_KIND:
-        np.testing.assert_array_equal(losses.numpy(), REFERENCE["clustergan/test40/backprop/losses"])
-        np.testing.assert_array_equal(z.numpy(), REFERENCE["clustergan/test40/backprop/z"])
-    else:
-        np.testing.assert_allclose(losses.numpy(), REFERENCE["clustergan/test40/backprop/losses"], atol=1e-3)
+    np.testing.assert_array_equal(losses.numpy(), REFERENCE["clustergan/test40/backprop/losses"])
+    np.testing.assert_array_equal(z.numpy(), REFERENCE["clustergan/test40/backprop/z"])
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
