@@ -84,7 +84,7 @@ def test_experiments_compose(experiment):
         assert (m.ref.count, m.noise.start) == ((8, 1.5) if fm else (6, 1.0))
         assert m.raw.epochs == m.ref.epochs == 120
     if experiment.endswith("_cpu"):  # CPU budget: the cpu_budget trainer with a time cap
-        assert cfg.trainer.max_time and cfg.method.autocast == "bf16"
+        assert cfg.trainer.max_time and cfg.trainer.precision == "bf16-mixed"
 
 
 # -------------------------------------------------------------------------------------------- nets
