@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,9 @@ from genclust.precision import trainer_precision
 
 log = logging.getLogger("genclust")
 
-CONFIG_DIR = Path(os.environ.get("GENCLUST_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+# The configs ship inside the package (src/genclust/configs links to the repository's configs/), so
+# `genclust-train` finds them after a plain `pip install .` as well as in an editable install.
+CONFIG_DIR = Path(os.environ.get("GENCLUST_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
 # groups whose option names are checked before Hydra runs (one clear line instead of a traceback)
 CHECKED_GROUPS = ("method", "dataset", "trainer", "logger", "experiment", "callbacks")
 # metric names that need labels: never a sweeper's objective (no label-based model selection)
@@ -75,6 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from genclust.evaluation.callback import ClusteringEvaluator
+    from genclust.progress import progress_callbacks
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,11 +105,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     # a bf16 trainer precision becomes "32-true" on a CPU that only emulates bf16 (~10x slower there)
     precision = trainer_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    # a progress bar in a terminal; in CI / nohup / a cluster job a log line with ETA every few seconds
+    progress = cfg.get("progress") or {}
+    show_bar, progress_cbs = progress_callbacks(cfg.trainer, progress.get("mode", "auto"),
+                                                progress.get("every_s", 15.0))
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
         if precision is not None:
             overrides.setdefault("precision", precision)
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+        overrides.setdefault("enable_progress_bar", show_bar)
+        return instantiate(cfg.trainer, callbacks=callbacks + progress_cbs, logger=loggers or False,
                            default_root_dir=str(run_dir), **overrides)
 
     ckpt_path = cfg.get("ckpt_path")
@@ -176,12 +185,31 @@ def check_config(cfg: DictConfig) -> None:
                           "breaks the unsupervised protocol (labels are for evaluation only)")
     if _is_multirun():
         devices = cfg.trainer.get("devices", 1)
+        num_nodes = cfg.trainer.get("num_nodes", 1)
         strategy = str(cfg.trainer.get("strategy", "auto"))
         if "ddp" in strategy or (isinstance(devices, int) and devices > 1) or devices in ("auto", -1):
-            # Lightning's subprocess launcher re-runs sys.argv (with -m) in every child rank:
-            # each rank would run the whole sweep.
-            raise ConfigError("multirun jobs are single-device: use trainer=cpu|gpu with -m, "
-                              "or run DDP jobs one at a time")
+            # Lightning's subprocess launcher re-runs sys.argv (with -m) in every child rank: each rank would
+            # run the whole sweep. Under SLURM Lightning starts no processes: submitit starts one task per
+            # device and Lightning reads the ranks from SLURM, so there a sweep's jobs may be DDP jobs.
+            layout = _slurm_task_layout()
+            if layout is None:
+                raise ConfigError("multirun jobs are single-device: use trainer=cpu|gpu with -m, run DDP jobs one "
+                                  "at a time, or launch the sweep with hydra/launcher=submitit_slurm")
+            if not isinstance(devices, int) or layout != (devices, num_nodes):
+                raise ConfigError(f"DDP jobs under SLURM need one task per device: trainer.devices={devices} "
+                                  f"trainer.num_nodes={num_nodes} but hydra.launcher.tasks_per_node={layout[0]} "
+                                  f"hydra.launcher.nodes={layout[1]} (set trainer.devices to a number and both "
+                                  "launcher keys to match)")
+
+
+def _slurm_task_layout() -> tuple[int, int] | None:
+    """(tasks_per_node, nodes) when the sweep runs through submitit's SLURM launcher, else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher
+    if not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        return None
+    return int(launcher.get("tasks_per_node", 1)), int(launcher.get("nodes", 1))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
@@ -209,6 +237,9 @@ def main() -> None:
     if error:
         print(error, file=sys.stderr)
         sys.exit(2)
+    # configs/hydra/launcher/submitit_*.yaml replace the plugin's nodes of the same name on purpose (validated
+    # against the plugin's schema); Hydra warns about that matching three times per run
+    warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema with the same name")
     hydra_main()
 
 
