@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from genclust.errors import ConfigError, DivergenceError, GenclustError
@@ -30,7 +31,7 @@ log = logging.getLogger("genclust")
 # `genclust-train` finds them after a plain `pip install .` as well as in an editable install.
 CONFIG_DIR = Path(os.environ.get("GENCLUST_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
 # groups whose option names are checked before Hydra runs (one clear line instead of a traceback)
-CHECKED_GROUPS = ("method", "dataset", "trainer", "logger", "experiment", "callbacks")
+CHECKED_GROUPS = ("method", "dataset", "trainer", "logger", "experiment", "callbacks", "hparams_search")
 # metric names that need labels: never a sweeper's objective (no label-based model selection)
 LABEL_METRICS = ("acc", "nmi", "ari", "purity", "mean_class_acc", "acc_labeled")
 
@@ -142,6 +143,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer is not None:
         extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step,
                      precision=str(trainer.precision))
+        # the method's own losses as last logged (a sweep may minimise one: optimized_metric=train/<loss>)
+        extra.update({k: float(v) for k, v in sorted(trainer.callback_metrics.items())
+                      if k.startswith("train/") and v.numel() == 1})
     step = trainer.global_step if trainer is not None else 0
     result = evaluator.final(method, datamodule, loggers=loggers, extra=extra, step=step)
     if trainer is None or trainer.is_global_zero:
@@ -177,12 +181,38 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Refuse configurations that would silently misbehave (one clear line each)."""
-    metric = cfg.get("optimized_metric")
-    if metric and any(part in LABEL_METRICS for part in str(metric).split("/")):
+def check_objective(metric: str | None) -> None:
+    """Refuse an ``optimized_metric`` that needs labels or that no run records (one clear line)."""
+    if not metric:
+        return
+    from genclust.evaluation.metrics import UNSUPERVISED_METRICS
+
+    parts = str(metric).split("/")
+    if any(part in LABEL_METRICS for part in parts):
         raise ConfigError(f"optimized_metric={metric!r} is computed from labels: selecting models on it "
                           "breaks the unsupervised protocol (labels are for evaluation only)")
+    if (parts[0] == "train" and len(parts) >= 2) or (parts[0] == "eval" and len(parts) >= 3
+                                                      and parts[-1] in UNSUPERVISED_METRICS):
+        return
+    raise ConfigError(f"optimized_metric={metric!r} is not a label-free metric that runs record: use "
+                      "eval/<split>/{silhouette,calinski_harabasz,davies_bouldin} (also "
+                      "eval/<split>/<readout>/...), eval/<split>/modes/consistency, or a train/<loss> the method logs")
+
+
+class SweepCheck(HydraCallback):
+    """Hydra callback (configs/hydra/default.yaml): a sweep on a label metric stops before its first job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_objective(config.get("optimized_metric"))
+        except ConfigError as err:
+            print(f"genclust: error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Refuse configurations that would silently misbehave (one clear line each)."""
+    check_objective(cfg.get("optimized_metric"))
     if _is_multirun():
         devices = cfg.trainer.get("devices", 1)
         num_nodes = cfg.trainer.get("num_nodes", 1)

@@ -25,7 +25,14 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from genclust.data.datamodule import ClusteringDataModule, TensorSet
-from genclust.evaluation.metrics import DEFINITIONS, clustering_report, contingency, hungarian_match
+from genclust.evaluation.metrics import (
+    DEFINITIONS,
+    UNSUPERVISED_DEFINITIONS,
+    clustering_report,
+    contingency,
+    hungarian_match,
+    internal_validity,
+)
 from genclust.methods.base import ClusteringMethod
 
 log = logging.getLogger(__name__)
@@ -105,7 +112,15 @@ def score_modes(module: ClusteringMethod, data: TensorSet, n_per_mode: int = 100
     reference = data.x[:n_reference].float().flatten(1)
     nearest = torch.cat([torch.cdist(chunk, reference).argmin(1) for chunk in generated.split(500)])
     report = clustering_report(data.y[:n_reference][nearest].numpy(), torch.cat(modes).numpy())
-    return {k: report[k] for k in ("acc", "purity", "nmi")}
+    result = {k: report[k] for k in ("acc", "purity", "nmi")}
+    # label-free: does the method put mode k's samples back into cluster k? (a sweep may select on it)
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            back = module.predict_in_batches(generated.view(-1, *data.x.shape[1:]))["labels"]
+        result["consistency"] = float((back == torch.cat(modes)).float().mean())
+    except Exception as err:  # noqa: BLE001 - a method without a primary assignment of new images
+        log.debug("modes/consistency skipped: %s", err)
+    return result
 
 
 class ClusteringEvaluator(Callback):
@@ -113,8 +128,9 @@ class ClusteringEvaluator(Callback):
 
     def __init__(self, every_n_epochs: int = 1, batch_size: int = 1024, output_dir: str | None = None,
                  save_figures: bool = True, samples_per_cluster: int = 10, mode_samples: int = 100,
-                 mode_reference: int = 10000) -> None:
+                 mode_reference: int = 10000, validity: bool = True) -> None:
         super().__init__()
+        self.validity = bool(validity)  # silhouette / Calinski-Harabasz / Davies-Bouldin per split
         self.mode_samples = int(mode_samples)
         self.mode_reference = int(mode_reference)
         self.every_n_epochs = int(every_n_epochs)
@@ -141,9 +157,14 @@ class ClusteringEvaluator(Callback):
             y = data.y.numpy()
             for key, value in clustering_report(y, pred["labels"].numpy()).items():
                 metrics[f"eval/{split}/{key}"] = value
+            if self.validity:  # label-free indices on the pixels (what a sweep may optimise)
+                for key, value in internal_validity(data.x.numpy(), pred["labels"].numpy()).items():
+                    metrics[f"eval/{split}/{key}"] = value
             for name in module.readouts:
                 if f"{name}/labels" in pred:
                     report = clustering_report(y, pred[f"{name}/labels"].numpy())
+                    if self.validity:
+                        report.update(internal_validity(data.x.numpy(), pred[f"{name}/labels"].numpy()))
                     metrics.update({f"eval/{split}/{name}/{k}": v for k, v in report.items()})
         primary = next(iter(datamodule.eval_sets))
         if self.mode_samples > 0 and module.generative and datamodule.kind == "image":
@@ -192,7 +213,7 @@ class ClusteringEvaluator(Callback):
         result["method_info"] = module.describe()
         if len(module.readouts):
             result["readouts"] = module.readout_info()
-        result["metric_definitions"] = DEFINITIONS
+        result["metric_definitions"] = {**DEFINITIONS, **UNSUPERVISED_DEFINITIONS}
         if curve:
             result["per_k"] = curve
         if self.history:

@@ -115,3 +115,42 @@ def clustering_report(labels_true: np.ndarray, labels_pred: np.ndarray) -> dict[
     else:
         report.update(nmi=0.0, ari=0.0, purity=0.0, mean_class_acc=0.0, acc_labeled=0.0)
     return report
+
+
+# ---------------------------------------------------------------- label-free (internal) validity
+# What a sweep may select runs on (train.py refuses the label metrics above as `optimized_metric`).
+# higher is better: silhouette, calinski_harabasz, consistency; lower is better: davies_bouldin.
+UNSUPERVISED_DEFINITIONS = {
+    "silhouette": "mean silhouette (Euclidean) of the assignment on the flattened input pixels, on at most "
+    "2,000 points (fixed draw); noise points left out; no labels",
+    "calinski_harabasz": "Calinski-Harabasz index of the assignment on the flattened pixels (between- over "
+    "within-cluster dispersion); no labels",
+    "davies_bouldin": "Davies-Bouldin index on the flattened pixels (lower = better separated); no labels",
+    "modes/consistency": "generative methods: fraction of generated samples of mode k that the method assigns "
+    "back to cluster k (Hungarian-free, mode id = cluster id); no labels",
+}
+UNSUPERVISED_METRICS = ("silhouette", "calinski_harabasz", "davies_bouldin", "consistency")
+
+
+def internal_validity(features: np.ndarray, labels_pred: np.ndarray, max_silhouette: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Silhouette / Calinski-Harabasz / Davies-Bouldin of ``labels_pred`` on ``features`` [N, D] (no labels).
+
+    Noise points (-1) are left out. Fewer than 2 clusters (or as many clusters as points) has no index: NaN.
+    The silhouette (O(N^2)) runs on a fixed random draw of ``max_silhouette`` points."""
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
+
+    features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    labels_pred = np.asarray(labels_pred)
+    keep = labels_pred != NOISE
+    x, p = features[keep], labels_pred[keep]
+    n_clusters = len(np.unique(p))
+    if not 2 <= n_clusters < len(p):
+        return dict.fromkeys(("silhouette", "calinski_harabasz", "davies_bouldin"), float("nan"))
+    sample = None
+    if len(p) > max_silhouette:
+        sample = np.random.default_rng(seed).choice(len(p), max_silhouette, replace=False)
+    xs, ps = (x, p) if sample is None else (x[sample], p[sample])
+    silhouette = float(silhouette_score(xs, ps)) if 2 <= len(np.unique(ps)) < len(ps) else float("nan")
+    return {"silhouette": silhouette, "calinski_harabasz": float(calinski_harabasz_score(x, p)),
+            "davies_bouldin": float(davies_bouldin_score(x, p))}
