@@ -69,3 +69,13 @@ def test_non_tty_run_prints_no_bar(tmp_path):
     out = proc.stdout + proc.stderr
     assert "\r" not in out and "it/s" not in out
     assert "epoch 2/2" in out and "ETA" in out
+    # the result line names the pixel k-means reference on the same data (method=kmeans's row, seed 0)
+    assert "pixel k-means, same data: ACC 0.7907" in proc.stdout.strip().splitlines()[-1]
+    assert len(out.splitlines()) < 40
+
+
+def test_reference_is_skipped_for_baselines_and_large_sets():
+    from genclust.evaluation.reference import wanted
+
+    assert wanted("auto", "clustergan", 1438) and not wanted("auto", "clustergan", 70000)
+    assert not wanted("auto", "kmeans", 1438) and wanted(True, "udc", 70000) and not wanted(False, "udc", 10)

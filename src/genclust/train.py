@@ -78,6 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
+    from genclust.evaluation import reference
     from genclust.evaluation.callback import ClusteringEvaluator
     from genclust.progress import progress_callbacks
 
@@ -147,12 +148,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         extra.update({k: float(v) for k, v in sorted(trainer.callback_metrics.items())
                       if k.startswith("train/") and v.numel() == 1})
     step = trainer.global_step if trainer is not None else 0
+    if reference.wanted(cfg.get("reference_kmeans", "auto"), cfg.get("method_name"), len(datamodule.fit_set)):
+        extra.update(reference.kmeans_reference(method, datamodule, cfg.seed))
     result = evaluator.final(method, datamodule, loggers=loggers, extra=extra, step=step)
     if trainer is None or trainer.is_global_zero:
         torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
                    run_dir / "model.pt")
         print(f"[genclust] {extra['method']} on {datamodule.name} (seed {cfg.seed}): "
-              f"ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}  -> {run_dir}")
+              f"ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}"
+              f"{reference.result_line(result)}  -> {run_dir}")
     return result
 
 
