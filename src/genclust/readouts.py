@@ -226,6 +226,12 @@ class UMAPHDBSCANReadout(Readout):
     def clusters_found(self) -> int | None:
         return int(self.state["clusters_found"]) if self.fitted else None
 
+    def fit_embedding(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """(the fit set's UMAP coordinates, its HDBSCAN labels) for figures."""
+        if self._models is None:
+            self._models = _unpack(self.state["models"])
+        return getattr(self._models[0], "embedding_", None), self.state["fit_labels"].numpy()
+
 
 class PosteriorReadout(Readout):
     """A read-out of an embedding that already is a posterior p(y | x) [N, K] (e.g. CGM's re-inferred

@@ -85,3 +85,25 @@ def clustering_surface(module, real: torch.Tensor | None, path: Path, title: str
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def umap_scatter(readout, path: Path, title: str = "", max_points: int = 20000) -> Path | None:
+    """The 2-D UMAP embedding of a fitted UMAP + HDBSCAN read-out's fit set, coloured by its clusters
+    (noise grey). None when the read-out's UMAP is not 2-D."""
+    coords, labels = readout.fit_embedding()
+    if coords is None or coords.shape[1] != 2:
+        return None
+    keep = np.random.default_rng(0).permutation(len(coords))[:max_points]
+    coords, labels = coords[keep], labels[keep]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    noise = labels < 0
+    ax.scatter(coords[noise, 0], coords[noise, 1], s=1, c="lightgrey", label=f"noise ({noise.mean():.0%})")
+    ax.scatter(coords[~noise, 0], coords[~noise, 1], s=1, c=labels[~noise], cmap="tab20")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(loc="upper right", fontsize=7, markerscale=6)
+    ax.set_title(f"{title} ({len(np.unique(labels[~noise]))} clusters)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
