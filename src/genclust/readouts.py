@@ -20,9 +20,10 @@ HC-MGAN's split probabilities) and is
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -169,6 +170,26 @@ class GMMReadout(Readout):
         return self.n_clusters
 
 
+@contextlib.contextmanager
+def torch_threads_kept() -> Iterator[None]:
+    """Run UMAP / HDBSCAN inside the process's thread budget and leave torch's intra-op threads as they were.
+
+    numba's OpenMP layer (UMAP, pynndescent) sets the shared OpenMP pool to every core: without this, a run
+    started with OMP_NUM_THREADS=1 trains on 2 spinning threads after its first UMAP (measured: a 1-thread
+    HRWAE-GAN run slowed 3-5x after its first noise-attention marking)."""
+    threads = torch.get_num_threads()
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    except (ImportError, ValueError):  # pragma: no cover - numba ships with umap-learn
+        pass
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def umap_neighbors(n: int, cap: int = 100, divisor: int = 300, floor: int = 2) -> int:
     """HRWAE-GAN's Eq. 8 neighbour rule: n_neighbors = min(floor(N / 300), 100), at least ``floor``."""
     return max(min(n // divisor, cap), floor)
@@ -201,9 +222,10 @@ class UMAPHDBSCANReadout(Readout):
         mcs = max(n // 100, 5) if self.min_cluster_size == "auto" else int(self.min_cluster_size)
         reducer = umap.UMAP(n_neighbors=min(nn_, n - 1), n_components=self.n_components, min_dist=self.min_dist,
                             random_state=self.seed, transform_seed=self.seed)
-        emb = reducer.fit_transform(x)
-        clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples,
-                                    prediction_data=True).fit(emb)
+        with torch_threads_kept():
+            emb = reducer.fit_transform(x)
+            clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples,
+                                        prediction_data=True).fit(emb)
         self._models = (reducer, clusterer)
         self.state = {"models": _pack(self._models), "n_neighbors": torch.tensor(nn_),
                       "clusters_found": torch.tensor(int(clusterer.labels_.max()) + 1),
@@ -219,8 +241,9 @@ class UMAPHDBSCANReadout(Readout):
         if self._models is None:
             self._models = _unpack(self.state["models"])
         reducer, clusterer = self._models
-        emb = reducer.transform(features.float().cpu().numpy())
-        labels, _ = hdbscan.approximate_predict(clusterer, emb)
+        with torch_threads_kept():
+            emb = reducer.transform(features.float().cpu().numpy())
+            labels, _ = hdbscan.approximate_predict(clusterer, emb)
         return None, torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
     def clusters_found(self) -> int | None:
