@@ -57,7 +57,7 @@ def test_shapes_per_group(shape, cells, padded, groups):
         assert e.shape == d.shape  # the levels layer matching compares
     assert m.sample(4).shape == (4, *shape) and len(m.discriminator) == groups
     assert [m.embed(x, f"z{g}").shape for g in range(groups)] == [(5, 8)] * groups
-    assert sorted(m.readouts) == sorted(f"{k}_z{g}" for k in ("hdbscan", "gmm") for g in range(groups))
+    assert sorted(m.readouts) == sorted(f"{k}_z{g}" for k in ("hdbscan", "gmm", "umap_gmm") for g in range(groups))
     assert m.readouts[f"gmm_z{groups - 1}"].embedding == f"z{groups - 1}"
 
 
@@ -112,7 +112,7 @@ def test_smoke_fit_per_group_readouts_noise_attention_and_predict(tmp_path):
     for group in ("z0", "z1"):  # the thesis' Table 1 columns per group and read-out
         for col in ("clusters_found", "fraction_labeled", "acc_labeled", "acc"):
             assert 0 <= result[f"eval/test/hdbscan_{group}/{col}"] <= max(1, result[f"eval/test/hdbscan_{group}/{col}"])
-        assert result[f"eval/test/gmm_{group}/clusters_found"] == 10
+        assert result[f"eval/test/gmm_{group}/clusters_found"] == result[f"eval/test/umap_gmm_{group}/clusters_found"] == 10
     assert result["eval/test/acc"] == result["eval/test/hdbscan_z0/acc"]  # the primary read-out
     info = result["method_info"]
     assert 0 < info["noise_fraction"] < 1 and set(info["read_outs_per_group"]) == {"z0", "z1"}

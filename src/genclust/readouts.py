@@ -256,6 +256,41 @@ class UMAPHDBSCANReadout(Readout):
         return getattr(self._models[0], "embedding_", None), self.state["fit_labels"].numpy()
 
 
+class UMAPGMMReadout(GMMReadout):
+    """UMAP to ``n_components`` dimensions, then a K-component GMM (N2D's recipe, the HRWAE-GAN thesis' Fig. 3:
+    UMAP separates and compacts the clusters of a latent space). New data: ``umap.transform`` + GMM."""
+
+    def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = "auto",
+                 n_components: int = 2, min_dist: float = 0.0, covariance_type: str = "full", seed: int = 0) -> None:
+        super().__init__(n_clusters, embedding, covariance_type=covariance_type, seed=seed)
+        self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
+        self._reducer: Any = None
+
+    def _fit(self, features: Tensor) -> None:
+        import umap
+
+        x = features.float().numpy()
+        nn_ = umap_neighbors(len(x)) if self.n_neighbors == "auto" else int(self.n_neighbors)
+        reducer = umap.UMAP(n_neighbors=min(nn_, len(x) - 1), n_components=self.n_components,
+                            min_dist=self.min_dist, random_state=self.seed, transform_seed=self.seed)
+        with torch_threads_kept():
+            emb = reducer.fit_transform(x)
+        super()._fit(torch.as_tensor(emb))
+        self.state["reducer"] = _pack(reducer)
+        self._reducer = reducer
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        super().set_extra_state(state)
+        self._reducer = None
+
+    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        if self._reducer is None:
+            self._reducer = _unpack(self.state["reducer"])
+        with torch_threads_kept():
+            emb = self._reducer.transform(features.float().cpu().numpy())
+        return super()._predict(torch.as_tensor(emb))
+
+
 class PosteriorReadout(Readout):
     """A read-out of an embedding that already is a posterior p(y | x) [N, K] (e.g. CGM's re-inferred
     posterior): its argmax. Nothing to fit but the width, which it records."""
