@@ -195,6 +195,22 @@ def umap_neighbors(n: int, cap: int = 100, divisor: int = 300, floor: int = 2) -
     return max(min(n // divisor, cap), floor)
 
 
+def fit_umap(x: np.ndarray, n_neighbors: int | str, n_components: int, min_dist: float, seed: int) -> tuple[Any, np.ndarray, int]:
+    """(reducer, embedding of ``x``, neighbours used): UMAP with Eq. 8's rule for ``n_neighbors: auto``."""
+    import umap
+
+    nn_ = umap_neighbors(len(x)) if n_neighbors == "auto" else int(n_neighbors)
+    reducer = umap.UMAP(n_neighbors=min(nn_, len(x) - 1), n_components=n_components, min_dist=min_dist,
+                        random_state=seed, transform_seed=seed)
+    with torch_threads_kept():
+        return reducer, reducer.fit_transform(x), nn_
+
+
+def umap_transform(reducer: Any, features: Tensor) -> np.ndarray:
+    with torch_threads_kept():
+        return reducer.transform(features.float().cpu().numpy())
+
+
 class UMAPHDBSCANReadout(Readout):
     """UMAP to ``n_components`` dimensions, then HDBSCAN: K is discovered, noise is labelled -1.
 
@@ -214,16 +230,12 @@ class UMAPHDBSCANReadout(Readout):
 
     def _fit(self, features: Tensor) -> None:
         import hdbscan
-        import umap
 
         x = features.float().numpy()
         n = len(x)
-        nn_ = umap_neighbors(n) if self.n_neighbors == "auto" else int(self.n_neighbors)
+        reducer, emb, nn_ = fit_umap(x, self.n_neighbors, self.n_components, self.min_dist, self.seed)
         mcs = max(n // 100, 5) if self.min_cluster_size == "auto" else int(self.min_cluster_size)
-        reducer = umap.UMAP(n_neighbors=min(nn_, n - 1), n_components=self.n_components, min_dist=self.min_dist,
-                            random_state=self.seed, transform_seed=self.seed)
         with torch_threads_kept():
-            emb = reducer.fit_transform(x)
             clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples,
                                         prediction_data=True).fit(emb)
         self._models = (reducer, clusterer)
@@ -241,8 +253,8 @@ class UMAPHDBSCANReadout(Readout):
         if self._models is None:
             self._models = _unpack(self.state["models"])
         reducer, clusterer = self._models
+        emb = umap_transform(reducer, features)
         with torch_threads_kept():
-            emb = reducer.transform(features.float().cpu().numpy())
             labels, _ = hdbscan.approximate_predict(clusterer, emb)
         return None, torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
@@ -267,14 +279,8 @@ class UMAPGMMReadout(GMMReadout):
         self._reducer: Any = None
 
     def _fit(self, features: Tensor) -> None:
-        import umap
-
-        x = features.float().numpy()
-        nn_ = umap_neighbors(len(x)) if self.n_neighbors == "auto" else int(self.n_neighbors)
-        reducer = umap.UMAP(n_neighbors=min(nn_, len(x) - 1), n_components=self.n_components,
-                            min_dist=self.min_dist, random_state=self.seed, transform_seed=self.seed)
-        with torch_threads_kept():
-            emb = reducer.fit_transform(x)
+        reducer, emb, _ = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components, self.min_dist,
+                                   self.seed)
         super()._fit(torch.as_tensor(emb))
         self.state["reducer"] = _pack(reducer)
         self._reducer = reducer
@@ -286,9 +292,7 @@ class UMAPGMMReadout(GMMReadout):
     def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
         if self._reducer is None:
             self._reducer = _unpack(self.state["reducer"])
-        with torch_threads_kept():
-            emb = self._reducer.transform(features.float().cpu().numpy())
-        return super()._predict(torch.as_tensor(emb))
+        return super()._predict(torch.as_tensor(umap_transform(self._reducer, features)))
 
 
 class PosteriorReadout(Readout):

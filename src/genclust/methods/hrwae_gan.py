@@ -222,7 +222,7 @@ class HRWAEGAN(ClusteringMethod):
         d_loss = self.adversarial([r.detach() for r in real], [z.detach() for z in out.z], relativistic_d_loss)
         self.update("discriminator", d_loss)
         g_loss = self.adversarial(real, out.z, relativistic_g_loss)
-        weight = self.attention.read("weight", idx).to(x.device) if self.attention.size else torch.ones(len(x))
+        weight = self.attention.read("weight", idx).to(x.device) if self.attention.size else torch.ones(len(x), device=x.device)
         recon = (weight * self.reconstruction_loss(x, out.image)).mean()
         match = self.layer_matching(out)
         loss = recon + self.adversarial_weight * g_loss + self.layer_matching_weight * match
