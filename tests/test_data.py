@@ -97,6 +97,18 @@ def test_missing_files_name_where_looked_and_fix(tmp_path):
         make_dm(MNIST_TEST, data_dir=tmp_path)
 
 
+def test_bundled_fashion_mnist_test_set_needs_no_data_dir(tmp_path, monkeypatch):
+    # the default run's data: found with an empty data dir (and no Debian package), train part still missing
+    from genclust.data import sources
+
+    monkeypatch.setitem(sources.IDX_SETS, "fashion_mnist", ("FashionMNIST", "fashion-mnist", None))
+    x, y = sources.load_idx_part("fashion_mnist", "test", tmp_path)
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert np.bincount(y).tolist() == [1000] * 10
+    with pytest.raises(DataError, match="fashion_mnist train files not found"):
+        sources.load_idx_part("fashion_mnist", "train", tmp_path)
+
+
 def test_corrupt_dataset_file_is_reported(tmp_path):
     fake_mnist(tmp_path / "mnist", corrupt="truncate")
     with pytest.raises(DataError, match="corrupt"):

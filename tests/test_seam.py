@@ -88,6 +88,24 @@ def test_umap_hdbscan_discovers_k_labels_noise_and_reloads():
     assert torch.equal(fresh.predict_in_batches(x)["dens/labels"], labels)  # transform + approximate_predict
 
 
+def test_umap_fits_and_transforms_are_shared_and_equal_a_refit():
+    from genclust import readouts
+
+    x, _ = blobs(n_per=60, k=3, dim=5)
+    readouts._UMAP_FITS.clear(), readouts._UMAP_TRANSFORMS.clear()
+    reducer, emb, _ = readouts.fit_umap(x.numpy(), 10, 2, 0.0, seed=0)
+    again, emb_again, _ = readouts.fit_umap(x.numpy(), 10, 2, 0.0, seed=0)
+    assert again is reducer and np.array_equal(emb, emb_again)  # the memo: one UMAP per latent group
+    readouts._UMAP_FITS.clear()
+    _, refit, _ = readouts.fit_umap(x.numpy(), 10, 2, 0.0, seed=0)
+    np.testing.assert_array_equal(refit, emb)  # seeded UMAP is deterministic: the memo changes no result
+    assert readouts.fit_umap(x.numpy(), 10, 2, 0.0, seed=1)[0] is not reducer
+    new = torch.randn(7, 5)
+    first = readouts.umap_transform(reducer, new)
+    readouts._UMAP_TRANSFORMS.clear()
+    np.testing.assert_array_equal(readouts.umap_transform(reducer, new), first)
+
+
 def test_noise_labels_flow_into_the_metrics():
     y = np.array([0, 0, 1, 1, 2, 2])
     report = clustering_report(y, np.array([5, 5, 7, 7, -1, -1]))

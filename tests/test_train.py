@@ -5,7 +5,33 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, options, requires_mnist_test, run_cli
+from tests.helpers import ROOT, compose_cfg, options, requires_mnist_test, run_cli
+
+
+def test_default_job_is_hrwae_gan_on_the_bundled_fashion_mnist_test_set():
+    cfg = compose_cfg([], real_defaults=True)
+    assert cfg.method._target_.endswith("HRWAEGAN") and cfg.method.n_groups == 1
+    assert cfg.dataset.name == "fmnist_test_split" and cfg.dataset.source.which == "fashion_mnist"
+    assert cfg.method.clustering == "umap_gmm_z0"
+    assert cfg.trainer.max_epochs == 15 and cfg.trainer.max_time == "00:00:04:00"
+    assert cfg.callbacks.evaluator.every_n_epochs == 0  # read-outs fitted once, at the end
+    assert compose_cfg(["experiment=hrwae_gan_fmnist_cpu"]).method.clustering == "hdbscan_z0"
+
+
+@pytest.mark.slow
+def test_default_job_runs_offline_with_no_data_dir(tmp_path):
+    # a fresh machine: no data folder, no download; the real defaults at smoke length
+    proc = run_cli(["trainer=smoke", "paths.download=false"], tmp_path / "run", real_defaults=True,
+                   env={"GENCLUST_DATA_DIR": str(tmp_path / "empty")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "hrwae_gan on fmnist_test_split" in last and "pixel k-means, same data: ACC" in last
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["protocol"]["evaluate_on"]["test"]["n"] == 2000
+    assert metrics["eval/test/acc"] == metrics["eval/test/umap_gmm_z0/acc"]
+    for readout in ("hdbscan_z0", "gmm_z0"):
+        assert f"eval/test/{readout}/acc" in metrics
+    assert (tmp_path / "run" / "figures" / "confusion_test.png").is_file()
 
 
 def test_default_run_writes_run_folder(tmp_path):

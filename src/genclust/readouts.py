@@ -195,20 +195,59 @@ def umap_neighbors(n: int, cap: int = 100, divisor: int = 300, floor: int = 2) -
     return max(min(n // divisor, cap), floor)
 
 
-def fit_umap(x: np.ndarray, n_neighbors: int | str, n_components: int, min_dist: float, seed: int) -> tuple[Any, np.ndarray, int]:
+# Read-outs of one latent group share their UMAP (UMAP + HDBSCAN and UMAP + GMM with the same neighbours, size,
+# min_dist and seed give the same embedding): the fit and the transforms of new data are memoized, a few entries
+# each, keyed by the input's bytes. Seeded UMAP is deterministic, so a hit returns what a refit would (tested).
+_UMAP_FITS: dict[tuple, tuple[Any, np.ndarray, int]] = {}
+_UMAP_TRANSFORMS: dict[tuple, tuple[Any, np.ndarray]] = {}
+_UMAP_MEMO_SIZE = 4
+
+
+def _digest(x: np.ndarray) -> tuple:
+    import hashlib
+
+    x = np.ascontiguousarray(x)
+    return x.shape, str(x.dtype), hashlib.sha1(x.tobytes()).hexdigest()
+
+
+def _remember(memo: dict, key: tuple, value: tuple) -> None:
+    if len(memo) >= _UMAP_MEMO_SIZE:
+        memo.pop(next(iter(memo)))
+    memo[key] = value
+
+
+def fit_umap(x: np.ndarray, n_neighbors: int | str, n_components: int, min_dist: float, seed: int
+             ) -> tuple[Any, np.ndarray, int]:
     """(reducer, embedding of ``x``, neighbours used): UMAP with Eq. 8's rule for ``n_neighbors: auto``."""
+    import warnings
+
     import umap
 
     nn_ = umap_neighbors(len(x)) if n_neighbors == "auto" else int(n_neighbors)
+    key = (_digest(x), min(nn_, len(x) - 1), int(n_components), float(min_dist), int(seed))
+    if key in _UMAP_FITS:
+        reducer, emb, nn_ = _UMAP_FITS[key]
+        return reducer, emb.copy(), nn_
     reducer = umap.UMAP(n_neighbors=min(nn_, len(x) - 1), n_components=n_components, min_dist=min_dist,
                         random_state=seed, transform_seed=seed)
-    with torch_threads_kept():
-        return reducer, reducer.fit_transform(x), nn_
+    with torch_threads_kept(), warnings.catch_warnings():
+        # a seeded UMAP runs single-threaded on purpose (reproducible): its warning says so at every fit
+        warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
+        emb = reducer.fit_transform(x)
+    _remember(_UMAP_FITS, key, (reducer, emb, nn_))
+    return reducer, emb.copy(), nn_
 
 
 def umap_transform(reducer: Any, features: Tensor) -> np.ndarray:
+    x = features.float().cpu().numpy()
+    key = (id(reducer), _digest(x))
+    hit = _UMAP_TRANSFORMS.get(key)
+    if hit is not None and hit[0] is reducer:
+        return hit[1].copy()
     with torch_threads_kept():
-        return reducer.transform(features.float().cpu().numpy())
+        out = reducer.transform(x)
+    _remember(_UMAP_TRANSFORMS, key, (reducer, out))
+    return out.copy()
 
 
 class UMAPHDBSCANReadout(Readout):

@@ -154,7 +154,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer is None or trainer.is_global_zero:
         torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
                    run_dir / "model.pt")
-        print(f"[genclust] {extra['method']} on {datamodule.name} (seed {cfg.seed}): "
+        # what the headline is: the primary eval split, and the read-out when it is not the method's own
+        scored = next(iter(datamodule.eval_sets))
+        clustering = getattr(method, "clustering", "argmax")
+        via = f", read-out {clustering}" if clustering != "argmax" else ""
+        print(f"[genclust] {extra['method']} on {datamodule.name} (seed {cfg.seed}, {scored} split{via}): "
               f"ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}"
               f"{reference.result_line(result)}  -> {run_dir}")
     return result

@@ -10,7 +10,9 @@ Image files are looked up, in order (DESIGN.md "Data"):
   2. ``<data_dir>/<folder>/``               (flat ``*-ubyte.gz`` files: ``mnist/``, ``fashion-mnist/``)
   3. ``<data_dir>/``
   4. Debian's ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``; FMNIST only)
-  5. a torchvision download into ``<data_dir>`` when ``download`` is true (needs internet).
+  5. the Fashion-MNIST *test* set bundled with the package (``genclust/data/bundled/fashion-mnist``, MIT
+     license): the default run has real images on a fresh, offline machine
+  6. a torchvision download into ``<data_dir>`` when ``download`` is true (needs internet).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ IDX_NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 # (torchvision class name, flat folder name, Debian folder)
 IDX_SETS = {"mnist": ("MNIST", "mnist", None),
             "fashion_mnist": ("FashionMNIST", "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))}
+# Shipped with the package (4.4 MB, MIT): the Fashion-MNIST test part only, last in the lookup so that a user's
+# own files win. The training part (26 MB) is not bundled.
+BUNDLED = {"fashion_mnist": Path(__file__).resolve().parent / "bundled" / "fashion-mnist"}
 # ClusterGAN supplementary "Fashion-5": {T-shirt/top, Dress}, {Trouser}, {Pullover, Coat, Shirt}, {Bag},
 # {Sandal, Sneaker, Ankle boot}; group i becomes label i.
 FASHION_5_GROUPS = ((0, 3), (1,), (2, 4, 6), (8,), (5, 7, 9))
@@ -51,6 +56,8 @@ def _candidate_folders(data_dir: Path, which: str) -> list[Path]:
     folders = [data_dir / tv_name / "raw", data_dir / flat, data_dir]
     if debian is not None:
         folders.append(debian)
+    if which in BUNDLED:
+        folders.append(BUNDLED[which])
     return folders
 
 
