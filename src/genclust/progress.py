@@ -56,6 +56,8 @@ class LogProgress(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            return  # the epoch's end prints this line (once, without the batch count)
         if time.monotonic() - self._last >= self.every_s:
             self._emit(trainer, batch_idx + 1)
 
