@@ -60,6 +60,7 @@ class Readout(nn.Module):
         super().__init__()
         self.embedding = str(embedding)
         self.state: dict[str, Tensor] = {}
+        self._unpickled: dict[str, Any] = {}  # state entries holding a pickled estimator, unpickled once
 
     @property
     def fitted(self) -> bool:
@@ -67,7 +68,7 @@ class Readout(nn.Module):
 
     def fit(self, features: Tensor) -> None:
         """Fit on the fit set's embedding (float32 [N, D] or the method's own layout)."""
-        self.state = {}
+        self.state, self._unpickled = {}, {}
         self._fit(features)
         if not self.state:
             raise RuntimeError(f"{type(self).__name__}._fit stored no state")
@@ -92,7 +93,18 @@ class Readout(nn.Module):
         return {k: v.detach().cpu() for k, v in self.state.items()}
 
     def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        self.state = dict(state or {})
+        self.state, self._unpickled = dict(state or {}), {}
+
+    def _keep_pickled(self, key: str, obj: Any) -> None:
+        """Store a fitted estimator in ``state[key]`` (pickled, so it saves with the model) and keep it at hand."""
+        self.state[key] = _pack(obj)
+        self._unpickled[key] = obj
+
+    def _pickled(self, key: str) -> Any:
+        """The estimator in ``state[key]``, unpickled on first use after a load."""
+        if key not in self._unpickled:
+            self._unpickled[key] = _unpack(self.state[key])
+        return self._unpickled[key]
 
     def _fit(self, features: Tensor) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -150,17 +162,11 @@ class GMMReadout(Readout):
 
         gmm = GaussianMixture(self.n_clusters, covariance_type=self.covariance_type, n_init=self.n_init,
                               reg_covar=self.reg_covar, random_state=self.seed).fit(features.double().numpy())
-        self.state = {"model": _pack(gmm)}
-        self._model = gmm
+        self._keep_pickled("model", gmm)
 
     def _estimator(self) -> Any:
-        if getattr(self, "_model", None) is None:
-            self._model = _unpack(self.state["model"])
-        return self._model
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        super().set_extra_state(state)
-        self._model = None
+        """The fitted sklearn GaussianMixture (HRWAE-GAN samples from its components)."""
+        return self._pickled("model")
 
     def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
         probs = torch.as_tensor(self._estimator().predict_proba(features.double().cpu().numpy()), dtype=torch.float32)
@@ -224,11 +230,12 @@ def fit_umap(x: np.ndarray, n_neighbors: int | str, n_components: int, min_dist:
     import umap
 
     nn_ = umap_neighbors(len(x)) if n_neighbors == "auto" else int(n_neighbors)
-    key = (_digest(x), min(nn_, len(x) - 1), int(n_components), float(min_dist), int(seed))
+    used = min(nn_, len(x) - 1)
+    key = (_digest(x), used, int(n_components), float(min_dist), int(seed))
     if key in _UMAP_FITS:
         reducer, emb, nn_ = _UMAP_FITS[key]
         return reducer, emb.copy(), nn_
-    reducer = umap.UMAP(n_neighbors=min(nn_, len(x) - 1), n_components=n_components, min_dist=min_dist,
+    reducer = umap.UMAP(n_neighbors=used, n_components=n_components, min_dist=min_dist,
                         random_state=seed, transform_seed=seed)
     with torch_threads_kept(), warnings.catch_warnings():
         # a seeded UMAP runs single-threaded on purpose (reproducible): its warning says so at every fit
@@ -265,7 +272,6 @@ class UMAPHDBSCANReadout(Readout):
         super().__init__(embedding)
         self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
         self.min_cluster_size, self.min_samples, self.seed = min_cluster_size, min_samples, int(seed)
-        self._models: tuple[Any, Any] | None = None
 
     def _fit(self, features: Tensor) -> None:
         import hdbscan
@@ -277,21 +283,15 @@ class UMAPHDBSCANReadout(Readout):
         with torch_threads_kept():
             clusterer = hdbscan.HDBSCAN(min_cluster_size=mcs, min_samples=self.min_samples,
                                         prediction_data=True).fit(emb)
-        self._models = (reducer, clusterer)
-        self.state = {"models": _pack(self._models), "n_neighbors": torch.tensor(nn_),
+        self.state = {"n_neighbors": torch.tensor(nn_),
                       "clusters_found": torch.tensor(int(clusterer.labels_.max()) + 1),
                       "fit_labels": torch.as_tensor(clusterer.labels_, dtype=torch.long)}
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        super().set_extra_state(state)
-        self._models = None
+        self._keep_pickled("models", (reducer, clusterer))
 
     def _predict(self, features: Tensor) -> tuple[None, Tensor]:
         import hdbscan
 
-        if self._models is None:
-            self._models = _unpack(self.state["models"])
-        reducer, clusterer = self._models
+        reducer, clusterer = self._pickled("models")
         emb = umap_transform(reducer, features)
         with torch_threads_kept():
             labels, _ = hdbscan.approximate_predict(clusterer, emb)
@@ -302,9 +302,7 @@ class UMAPHDBSCANReadout(Readout):
 
     def fit_embedding(self) -> tuple[np.ndarray | None, np.ndarray]:
         """(the fit set's UMAP coordinates, its HDBSCAN labels) for figures."""
-        if self._models is None:
-            self._models = _unpack(self.state["models"])
-        return getattr(self._models[0], "embedding_", None), self.state["fit_labels"].numpy()
+        return getattr(self._pickled("models")[0], "embedding_", None), self.state["fit_labels"].numpy()
 
 
 class UMAPGMMReadout(GMMReadout):
@@ -315,23 +313,15 @@ class UMAPGMMReadout(GMMReadout):
                  n_components: int = 2, min_dist: float = 0.0, covariance_type: str = "full", seed: int = 0) -> None:
         super().__init__(n_clusters, embedding, covariance_type=covariance_type, seed=seed)
         self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
-        self._reducer: Any = None
 
     def _fit(self, features: Tensor) -> None:
         reducer, emb, _ = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components, self.min_dist,
                                    self.seed)
         super()._fit(torch.as_tensor(emb))
-        self.state["reducer"] = _pack(reducer)
-        self._reducer = reducer
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        super().set_extra_state(state)
-        self._reducer = None
+        self._keep_pickled("reducer", reducer)
 
     def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        if self._reducer is None:
-            self._reducer = _unpack(self.state["reducer"])
-        return super()._predict(torch.as_tensor(umap_transform(self._reducer, features)))
+        return super()._predict(torch.as_tensor(umap_transform(self._pickled("reducer"), features)))
 
 
 class PosteriorReadout(Readout):
