@@ -167,10 +167,17 @@ def test_genclust_side_times_iterations_on_digits(tmp_path, case):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_peers.py"), "--child", "genclust", "--case", case,
          "--warmup", "1", "--iters", "2", "--threads", "1", "--result", str(tmp_path / "r.json"),
-         "--workdir", str(tmp_path), "--genclust-overrides", "dataset=digits"],
+         "--workdir", str(tmp_path), "--genclust-overrides", "dataset=digits",
+         *(["method.nets.critic.conv_padding=same"] if case == "clustergan" else [])],  # 8x8: too small unpadded
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["iters_timed"] == 2 and r["flops_per_iter"] > 0 and r["threads"] == 1
     assert r["steps_per_iter"] == (5 if case == "clustergan" else 1)
     assert r["images_per_iter"] == ([320, 704] if case == "clustergan" else [200, 1000])
+
+
+def test_clustergan_case_compares_the_ports_architecture():
+    assert "method.nets.critic.conv_padding=valid" in bp.GENCLUST_OVERRIDES["clustergan"]
+    merged = bp.merge_overrides(bp.GENCLUST_OVERRIDES["clustergan"], bp.PAPER_LAYOUT)
+    assert "method.nets.critic.conv_padding=same" in merged and "method.nets.critic.conv_padding=valid" not in merged

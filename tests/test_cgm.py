@@ -128,3 +128,31 @@ def test_held_out_split_protocol():
     sizes = {split: len(data) for split, data in dm.eval_sets.items()}
     assert len(dm.fit_set) == 8000 and sizes == {"test": 2000, "train": 8000, "all": 10000}
     assert dm.eval_sets["train"].x is dm.fit_set.x and dm.eval_sets["all"].x is not dm.fit_set.x
+
+
+def test_persistent_per_class_chains_are_stored_and_score_training_examples(tmp_path):
+    with pytest.raises(ConfigError, match="per_class_steps"):
+        make(**{"remedies.persistent_chains": True})
+    overrides = ["method=cgm", "dataset=digits", "trainer=smoke", "logger=none", "callbacks.evaluator.every_n_epochs=0",
+                 "method.langevin.steps=1", "method.remedies.per_class_steps=1", "method.remedies.persistent_chains=true",
+                 "method.z_dim=8", "method.inference.sweeps=1", "method.inference.steps=1"]
+    result = run(compose_cfg(overrides, tmp_path / "a"))
+    assert result["method_info"]["iterations"] == 3
+    state = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    chains, z, y = state["latents.z_per_class"], state["latents.z"], state["latents.y"]
+    assert chains.shape == (1438, 10, 8)
+    trained = torch.nonzero((chains[:, 0] != chains[:, 0].new_zeros(())).any(1)).squeeze(1)  # every row exists
+    assert len(trained) == 1438
+    # the stored z_i is the chosen class's chain for every row the smoke fit visited
+    seen = (z.unsqueeze(1) == chains).all(2).any(1)
+    assert seen.sum() >= 3 * 32 and torch.equal(chains[seen][torch.arange(int(seen.sum())), y[seen]], z[seen])
+    # training examples are scored by their K stored chains' log-joints (a loop over k as the reference)
+    cfg = compose_cfg(overrides, tmp_path / "a")
+    m = instantiate(cfg.method, _convert_="all").eval()
+    m.load_state_dict(state)
+    idx = torch.arange(5)
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    with torch.no_grad():
+        got = m.cluster_probs(x, idx)
+        loop = torch.stack([-m.energy(x, torch.full((5,), k), chains[:5, k]) for k in range(10)], 1)
+    assert torch.allclose(got, torch.softmax(loop, 1), atol=1e-5)

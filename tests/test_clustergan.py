@@ -318,3 +318,15 @@ def test_weight_average_update_is_an_ema_with_warmup():
         assert torch.allclose(a, b + 0.9, atol=1e-6)
     with pytest.raises(ConfigError):
         make(k=4, ema_decay=1.0)
+
+def test_dcgan_critic_conv_padding_same_is_the_paper_valid_is_the_port():
+    from genclust.nets.dcgan import discriminator
+
+    same, valid = discriminator([1, 28, 28], 1), discriminator([1, 28, 28], 1, conv_padding="valid")
+    fc_in = [next(m for m in d.body if isinstance(m, torch.nn.Linear)).in_features for d in (same, valid)]
+    assert fc_in == [128 * 7 * 7, 128 * 5 * 5]  # 28 -> 14 -> 7 (TF 'SAME') vs 28 -> 13 -> 5 (zhampel port)
+    assert valid(torch.zeros(2, 1, 28, 28)).shape == (2, 1)
+    with pytest.raises(ConfigError, match="conv_padding"):
+        discriminator([1, 28, 28], 1, conv_padding="full")
+    with pytest.raises(ConfigError, match="do not fit"):
+        discriminator([1, 8, 8], 1, conv_padding="valid")

@@ -62,7 +62,7 @@ from genclust.nets.init import initialize
 
 LANGEVIN = {"steps": 100, "step_size": 0.1, "noise": True}  # §3.3: l = 100; step size: ours
 INFERENCE = {"mode": "gibbs", "sweeps": 5, "steps": 20, "seed": 0}
-REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0}
+REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0, "persistent_chains": False}
 
 
 def _merge(name: str, defaults: dict[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -120,7 +120,14 @@ class CGM(ClusteringMethod):
         self.generator = self.build_net("generator", in_dim=self.z_dim + self.n_clusters, img_shape=self.img_shape,
                                         pixel_range=pixel_range)
         initialize(self.generator, init)
-        self.latents = ExampleState({"z": ((self.z_dim,), torch.float32), "y": ((), torch.long)})
+        specs = {"z": ((self.z_dim,), torch.float32), "y": ((), torch.long)}
+        self.persistent_chains = bool(self.remedies["persistent_chains"])
+        if self.persistent_chains:
+            if int(self.remedies["per_class_steps"]) < 1:
+                raise ConfigError("cgm: remedies.persistent_chains needs remedies.per_class_steps >= 1 "
+                                  "(the Langevin steps each class's chain takes per learning iteration)")
+            specs["z_per_class"] = ((self.n_clusters, self.z_dim), torch.float32)  # z_{i,k}: one chain per class
+        self.latents = ExampleState(specs)
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
         self._t = 0
         self._confidence: list[Tensor] = []
@@ -164,14 +171,20 @@ class CGM(ClusteringMethod):
 
     def per_class_posterior(self, x: Tensor, z: Tensor, steps: int, temperature: float = 1.0,
                             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """K chains per example, chain k: ``steps`` Langevin steps on z with y = k from ``z`` (one stacked pass
-        of N*K rows). Returns p(y | x) = softmax_k(log p(x, k, z_k) / T) [N, K] and the chains' z [N, K, d]."""
+        """K chains per example, chain k: ``steps`` Langevin steps on z with y = k (one stacked pass of N*K
+        rows), from ``z`` [N, d] (every chain starts there) or ``z`` [N, K, d] (chain k starts at z[:, k]).
+        Returns p(y | x) = softmax_k(log p(x, k, z_k) / T) [N, K] and the chains' z [N, K, d]."""
         n, k = len(x), self.n_clusters
         xs, ys = x.repeat_interleave(k, 0), torch.arange(k, device=x.device).repeat(n)
-        zs = self.langevin_z(xs, ys, z.repeat_interleave(k, 0), steps, generator=generator)
+        start = z.reshape(n * k, -1) if z.dim() == 3 else z.repeat_interleave(k, 0)
+        zs = self.langevin_z(xs, ys, start, steps, generator=generator)
+        return self.chains_posterior(xs, ys, zs, n, temperature), zs.reshape(n, k, -1)
+
+    def chains_posterior(self, xs: Tensor, ys: Tensor, zs: Tensor, n: int, temperature: float = 1.0) -> Tensor:
+        """softmax over k of the K chains' log-joints log p(x, k, z_k) / T (rows example-major, N*K)."""
         with torch.no_grad():
-            log_joint = -self.energy(xs, ys, zs).reshape(n, k)
-        return torch.softmax(log_joint / temperature, dim=1), zs.reshape(n, k, -1)
+            log_joint = -self.energy(xs, ys, zs).reshape(n, self.n_clusters)
+        return torch.softmax(log_joint / temperature, dim=1)
 
     # ------------------------------------------------------------------ persistent state
     def setup(self, stage: str) -> None:
@@ -181,7 +194,7 @@ class CGM(ClusteringMethod):
             pi = self.log_prior.exp().cpu()
 
             def init(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-                if name == "z":
+                if name in ("z", "z_per_class"):
                     return torch.randn(shape)
                 return torch.multinomial(pi, shape[0], replacement=True)
 
@@ -204,11 +217,18 @@ class CGM(ClusteringMethod):
         y = self.latents.read("y", idx)
         z = self.langevin_z(x, y, z, int(self.langevin_cfg["steps"]))  # 1. inference on z
         use_map = self.y_inference == "map" and self._t >= int(self.remedies["map_burn_in"])
+        rows = torch.arange(len(x), device=x.device)
         if int(self.remedies["per_class_steps"]) > 0:  # 2'. the per-class remedy (module doc)
-            post, z_per_class = self.per_class_posterior(x, z, int(self.remedies["per_class_steps"]),
+            start = z
+            if self.persistent_chains:  # each class continues its own stored chain; y_i's is the one step 1 ran
+                start = self.latents.read("z_per_class", idx).to(z.device).clone()
+                start[rows, y] = z
+            post, z_per_class = self.per_class_posterior(x, start, int(self.remedies["per_class_steps"]),
                                                          self.temperature())
             y = post.argmax(1) if use_map else torch.multinomial(post, 1).squeeze(1)
-            z = z_per_class[torch.arange(len(x), device=x.device), y]
+            z = z_per_class[rows, y]
+            if self.persistent_chains:
+                self.latents.write("z_per_class", idx, z_per_class)
         else:
             with torch.no_grad():  # 2. inference on y
                 post = self.posterior(x, z, self.temperature())
@@ -245,6 +265,11 @@ class CGM(ClusteringMethod):
     def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         x = x.float()
         if idx is not None and self.latents.size:  # training examples: from their stored z_i
+            if self.persistent_chains:  # ... or their K stored chains, as the y-step of training compares them
+                n, k = len(x), self.n_clusters
+                zs = self.latents.read("z_per_class", idx).to(x.device).reshape(n * k, -1)
+                return self.chains_posterior(x.repeat_interleave(k, 0), torch.arange(k, device=x.device).repeat(n),
+                                             zs, n)
             return self.posterior(x, self.latents.read("z", idx).to(x.device))
         return self.infer_cached(x, self.inference_cfg["mode"])
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genclust.errors import ConfigError
-from genclust.nets.blocks import Reshape, activation
+from genclust.nets.blocks import Reshape, activation, conv_out_size
 
 BN_EVAL_STATS = ("running", "batch")
 
@@ -58,6 +58,11 @@ class BatchNormNoScale(nn.Module):
 
 def _norm(on: bool, features: int, spatial: bool, eps: float, scale: bool, eval_stats: str) -> list[nn.Module]:
     return [BatchNormNoScale(features, spatial, eps, scale, eval_stats)] if on else []
+
+
+# 4x4/2 conv padding of the critic/encoder: 'same' = 1 (TF 'SAME', the paper's official code: 28 -> 14 -> 7);
+# 'valid' = 0 (the zhampel PyTorch port: 28 -> 13 -> 5, about half the multiply-adds)
+CONV_PADDINGS = {"same": 1, "valid": 0}
 
 
 def _check_spatial(img_shape: Sequence[int], n_layers: int, what: str) -> int:
@@ -101,13 +106,25 @@ class ConvDiscriminator(nn.Module):
     """4x4 stride-2 convs + LeakyReLU (BN after all but the first when ``bn``), FC + LeakyReLU, linear head."""
 
     def __init__(self, img_shape: Sequence[int], channels: Sequence[int], fc: Sequence[int], out_dim: int,
-                 slope: float, bn: bool, bn_eps: float, bn_scale: bool, bn_eval_stats: str = "running") -> None:
+                 slope: float, bn: bool, bn_eps: float, bn_scale: bool, bn_eval_stats: str = "running",
+                 conv_padding: str = "same") -> None:
         super().__init__()
-        s = _check_spatial(img_shape, len(channels), "critic")
+        if conv_padding not in CONV_PADDINGS:
+            raise ConfigError(f"conv_padding must be one of {'|'.join(CONV_PADDINGS)}, got {conv_padding!r}")
+        pad = CONV_PADDINGS[conv_padding]
+        if pad:
+            s = _check_spatial(img_shape, len(channels), "critic")
+        else:  # 'valid': 28 -> 13 -> 5, no divisibility needed, but every conv must still see a 4x4 window
+            s = img_shape[1]
+            for _ in channels:
+                s = conv_out_size(s, 4, 2, 0)
+                if s < 1:
+                    raise ConfigError(f"DCGAN critic: {len(channels)} unpadded 4x4/2 convs do not fit "
+                                      f"H={img_shape[1]}; use fewer channels or conv_padding=same")
         layers: list[nn.Module] = []
         c = img_shape[0]
         for i, c_next in enumerate(channels):
-            layers += [nn.Conv2d(c, c_next, 4, 2, 1), *_norm(bn and i > 0, c_next, True, bn_eps, bn_scale, bn_eval_stats),
+            layers += [nn.Conv2d(c, c_next, 4, 2, pad), *_norm(bn and i > 0, c_next, True, bn_eps, bn_scale, bn_eval_stats),
                        nn.LeakyReLU(slope)]
             c = c_next
         layers.append(nn.Flatten())
@@ -168,12 +185,12 @@ def generator(in_dim: int, img_shape: Sequence[int], pixel_range: str = "unit", 
 def discriminator(img_shape: Sequence[int], out_dim: int, channels: Sequence[int] = (64, 128),
                   fc: Sequence[int] = (1024,), batch_norm: bool = False, mlp_hidden: Sequence[int] = (256, 256),
                   mlp_batch_norm: bool = True, bn_eps: float = 1e-3, bn_scale: bool = False,
-                  bn_eval_stats: str = "running", slope: float = 0.2) -> nn.Module:
+                  bn_eval_stats: str = "running", slope: float = 0.2, conv_padding: str = "same") -> nn.Module:
     """ConvDiscriminator for ``[C, H, W]`` images (critic: out_dim 1; encoder: z size), MLPNet for vectors."""
     shape = [int(s) for s in img_shape]
     if len(shape) == 3:
         return ConvDiscriminator(shape, list(channels), list(fc), int(out_dim), float(slope), bool(batch_norm),
-                                 float(bn_eps), bool(bn_scale), bn_eval_stats)
+                                 float(bn_eps), bool(bn_scale), bn_eval_stats, str(conv_padding))
     if len(shape) != 1:
         raise ConfigError(f"DCGAN nets need img_shape [C, H, W] or [D], got {shape}")
     return MLPNet(math.prod(shape), list(mlp_hidden), int(out_dim), "lrelu", float(slope), bool(mlp_batch_norm),
