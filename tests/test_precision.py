@@ -71,3 +71,28 @@ def test_run_records_fallback_precision(cpu_without_bf16, tmp_path):
                        "method.autocast=bf16", *tiny_overrides()], output_dir=tmp_path)
     result = run(cfg)
     assert result["precision"] == "32-true" and result["method_info"]["autocast"] == "none"
+
+
+def test_autocast_cast_cache_is_dropped_after_an_optimizer_step():
+    lin, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = lin(x)
+        with torch.no_grad():
+            lin.weight.add_(1.0)  # what optimizer.step() does, in place
+        assert torch.equal(lin(x), before)  # autocast's cached bf16 weight is stale: the reason for the helper
+        precision.drop_stale_casts("cpu")
+        assert not torch.equal(lin(x), before)
+    precision.drop_stale_casts("cpu")  # outside a region: a no-op
+
+
+def test_bf16_mixed_manual_steps_drop_stale_casts(cpu_with_bf16, monkeypatch, tmp_path):
+    """Lightning's bf16-mixed wraps a whole training_step (critic and generator updates) in one autocast region:
+    every optimizer step of the methods' ``update`` must drop the cached casts, or the next player sees old weights."""
+    monkeypatch.setenv(precision.ENV_FORCE, "1")  # CI hosts without native bf16 still take the bf16 path
+    calls = []
+    real = torch.clear_autocast_cache
+    monkeypatch.setattr(torch, "clear_autocast_cache", lambda: (calls.append(torch.is_autocast_enabled("cpu")), real()))
+    cfg = compose_cfg(["method=clustergan", "dataset=digits", "trainer=smoke", "trainer.precision=bf16-mixed",
+                       "callbacks.evaluator.every_n_epochs=0", "method.n_critic=1", "logger=none"], output_dir=tmp_path)
+    run(cfg)
+    assert len(calls) >= 6 and all(calls)  # 3 batches x (critic + generator) updates, each inside the region

@@ -94,6 +94,20 @@ def autocast_active(device_type: str, request: str, what: str = "method.autocast
     return request == "bf16" and use_bf16(device_type, what)
 
 
+def drop_stale_casts(device_type: str) -> None:
+    """Forget autocast's cached low-precision copies of the weights, after an optimizer step changed them.
+
+    Inside one autocast region every weight is cast once and the copy is reused, with no check of the
+    weight's version: an in-place update (``optimizer.step()``) leaves the copy stale. Lightning's
+    ``trainer.precision=bf16-mixed`` wraps the whole ``training_step`` in one region, and a manual-optimization
+    step updates several players in turn (critic, then generator): without this, the later players' forwards
+    would see the earlier players' weights from before their update (a simultaneous-update game in bf16,
+    alternating in fp32). ``method.autocast`` regions end before each update, so they never hold a stale copy.
+    """
+    if torch.is_autocast_enabled(device_type):
+        torch.clear_autocast_cache()
+
+
 def autocast(device_type: str, request: str, what: str = "method.autocast"):
     """The one autocast context of every method: bf16 where requested and native, else a no-op."""
     if autocast_active(device_type, request, what):

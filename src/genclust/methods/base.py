@@ -41,7 +41,7 @@ from genclust.data.datamodule import PIXEL_RANGES
 from genclust.errors import ConfigError, DivergenceError
 from genclust.latent import ExampleState
 from genclust.nets.blocks import eval_mode
-from genclust.precision import autocast, autocast_active, check_autocast
+from genclust.precision import autocast, autocast_active, check_autocast, drop_stale_casts
 from genclust.readouts import Readout
 
 NetFactory = Callable[..., nn.Module]
@@ -191,6 +191,7 @@ class ClusteringMethod(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
+        drop_stale_casts(self.device.type)  # trainer.precision=bf16-mixed: the next forward casts the new weights
         self.untoggle_optimizer(optimizer)
 
     def watch_loss(self, name: str, loss: Tensor) -> None:
