@@ -132,9 +132,11 @@ def test_held_out_split_protocol():
 
 def test_persistent_per_class_chains_are_stored_and_score_training_examples(tmp_path):
     with pytest.raises(ConfigError, match="per_class_steps"):
-        make(**{"remedies.persistent_chains": True})
+        make(**{"remedies.chain_start": "persistent"})
+    with pytest.raises(ConfigError, match="chain_start"):
+        make(**{"remedies.chain_start": "stored"})
     overrides = ["method=cgm", "dataset=digits", "trainer=smoke", "logger=none", "callbacks.evaluator.every_n_epochs=0",
-                 "method.langevin.steps=1", "method.remedies.per_class_steps=1", "method.remedies.persistent_chains=true",
+                 "method.langevin.steps=1", "method.remedies.per_class_steps=1", "method.remedies.chain_start=persistent",
                  "method.z_dim=8", "method.inference.sweeps=1", "method.inference.steps=1"]
     result = run(compose_cfg(overrides, tmp_path / "a"))
     assert result["method_info"]["iterations"] == 3

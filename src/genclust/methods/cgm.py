@@ -33,7 +33,9 @@ max posterior). Named remedies, off by default: ``remedies.temperature`` (anneal
 y-posterior's likelihood term from ``start`` to 1 over ``anneal_iters`` iterations: sigma_y = sigma *
 sqrt(T)), ``remedies.map_burn_in`` (sample y for this many iterations before MAP), and
 ``remedies.per_class_steps`` m > 0: the y-step compares the K classes each with its own z (m Langevin steps per
-class, warm-started from the z of step 1; p(y | x) from the K chains' log-joints, the chosen chain's z is kept).
+class; p(y | x) from the K chains' log-joints, the chosen chain's z is kept), the chains starting
+(``remedies.chain_start``) from step 1's z_i (``z_i``), from each class's own chain stored per example
+(``persistent``: z_{i,k} kept across iterations and checkpointed) or from a fresh z ~ N(0, I) per class (``fresh``).
 Why: Algorithm 1 scores every class with the z that step 1 tuned for the stored y_i, so G(k, z_i) for k != y_i
 is an unrelated image and the stored y never moves (measured: the random initial labels stay, NMI 0.03);
 K x m extra generator passes per example buy the classes a fair comparison.
@@ -62,7 +64,8 @@ from genclust.nets.init import initialize
 
 LANGEVIN = {"steps": 100, "step_size": 0.1, "noise": True}  # §3.3: l = 100; step size: ours
 INFERENCE = {"mode": "gibbs", "sweeps": 5, "steps": 20, "seed": 0}
-REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0, "persistent_chains": False}
+REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0, "chain_start": "z_i"}
+CHAIN_STARTS = ("z_i", "persistent", "fresh")
 
 
 def _merge(name: str, defaults: dict[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -121,11 +124,14 @@ class CGM(ClusteringMethod):
                                         pixel_range=pixel_range)
         initialize(self.generator, init)
         specs = {"z": ((self.z_dim,), torch.float32), "y": ((), torch.long)}
-        self.persistent_chains = bool(self.remedies["persistent_chains"])
+        if self.remedies["chain_start"] not in CHAIN_STARTS:
+            raise ConfigError(f"cgm: remedies.chain_start must be one of {'|'.join(CHAIN_STARTS)}, "
+                              f"got {self.remedies['chain_start']!r}")
+        self.persistent_chains = self.remedies["chain_start"] == "persistent"
+        if self.remedies["chain_start"] != "z_i" and int(self.remedies["per_class_steps"]) < 1:
+            raise ConfigError(f"cgm: remedies.chain_start={self.remedies['chain_start']} needs "
+                              "remedies.per_class_steps >= 1 (the Langevin steps of each class's chain)")
         if self.persistent_chains:
-            if int(self.remedies["per_class_steps"]) < 1:
-                raise ConfigError("cgm: remedies.persistent_chains needs remedies.per_class_steps >= 1 "
-                                  "(the Langevin steps each class's chain takes per learning iteration)")
             specs["z_per_class"] = ((self.n_clusters, self.z_dim), torch.float32)  # z_{i,k}: one chain per class
         self.latents = ExampleState(specs)
         self.register_buffer("iterations", torch.zeros((), dtype=torch.long))
@@ -219,10 +225,12 @@ class CGM(ClusteringMethod):
         use_map = self.y_inference == "map" and self._t >= int(self.remedies["map_burn_in"])
         rows = torch.arange(len(x), device=x.device)
         if int(self.remedies["per_class_steps"]) > 0:  # 2'. the per-class remedy (module doc)
-            start = z
+            start = z  # chain_start z_i: every class starts from step 1's z_i
             if self.persistent_chains:  # each class continues its own stored chain; y_i's is the one step 1 ran
                 start = self.latents.read("z_per_class", idx).to(z.device).clone()
                 start[rows, y] = z
+            elif self.remedies["chain_start"] == "fresh":  # every class from its own z ~ N(0, I): no class
+                start = torch.randn(len(x), self.n_clusters, self.z_dim, device=z.device)  # inherits step 1's fit
             post, z_per_class = self.per_class_posterior(x, start, int(self.remedies["per_class_steps"]),
                                                          self.temperature())
             y = post.argmax(1) if use_map else torch.multinomial(post, 1).squeeze(1)
