@@ -38,7 +38,9 @@ class; p(y | x) from the K chains' log-joints, the chosen chain's z is kept), th
 (``persistent``: z_{i,k} kept across iterations and checkpointed) or from a fresh z ~ N(0, I) per class (``fresh``).
 Why: Algorithm 1 scores every class with the z that step 1 tuned for the stored y_i, so G(k, z_i) for k != y_i
 is an unrelated image and the stored y never moves (measured: the random initial labels stay, NMI 0.03);
-K x m extra generator passes per example buy the classes a fair comparison.
+K x m extra generator passes per example buy the classes a fair comparison. Measured (RESULTS "CGM: what moves
+the stored labels"): no remedy moves the labels at d = 100, because G learns to draw each image from its own
+z_i and y_i becomes one more coordinate of that code; a small z (d = 3, the budget configs) makes y carry shape.
 
 Evaluation cost: new-data inference runs once per distinct image per evaluation (a per-row cache keyed by the
 image bytes and the iteration), so the test rows of ``all`` and the ``reinferred`` read-out reuse the answers.
