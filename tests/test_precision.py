@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 
+import genclust.methods.base as base
 import genclust.precision as precision
 from genclust.methods.udc import UDC
 from genclust.train import run
@@ -85,14 +86,50 @@ def test_autocast_cast_cache_is_dropped_after_an_optimizer_step():
     precision.drop_stale_casts("cpu")  # outside a region: a no-op
 
 
-def test_bf16_mixed_manual_steps_drop_stale_casts(cpu_with_bf16, monkeypatch, tmp_path):
-    """Lightning's bf16-mixed wraps a whole training_step (critic and generator updates) in one autocast region:
-    every optimizer step of the methods' ``update`` must drop the cached casts, or the next player sees old weights."""
+def test_bf16_mixed_manual_steps_never_reuse_stale_casts(cpu_with_bf16, monkeypatch, tmp_path):
+    """Lightning's bf16-mixed wraps a whole training_step (critic and generator updates) in one autocast region.
+    Its cast cache is off there (Lightning's AMP plugin), so no player sees another's pre-update weights; if a
+    plugin ever turns it on, ``update`` drops the cache after every optimizer step."""
     monkeypatch.setenv(precision.ENV_FORCE, "1")  # CI hosts without native bf16 still take the bf16 path
-    calls = []
-    real = torch.clear_autocast_cache
-    monkeypatch.setattr(torch, "clear_autocast_cache", lambda: (calls.append(torch.is_autocast_enabled("cpu")), real()))
+    states = []
+    real = base.drop_stale_casts
+    monkeypatch.setattr(base, "drop_stale_casts", lambda d: (states.append(
+        (torch.is_autocast_enabled(d), torch.is_autocast_cache_enabled())), real(d)))
     cfg = compose_cfg(["method=clustergan", "dataset=digits", "trainer=smoke", "trainer.precision=bf16-mixed",
                        "callbacks.evaluator.every_n_epochs=0", "method.n_critic=1", "logger=none"], output_dir=tmp_path)
     run(cfg)
-    assert len(calls) >= 6 and all(calls)  # 3 batches x (critic + generator) updates, each inside the region
+    assert len(states) >= 6  # 3 batches x (critic + generator) updates
+    assert all(enabled and not cached for enabled, cached in states)  # inside the region, with the cache off
+
+
+def _tree_tensors(run_dir) -> list[torch.Tensor]:
+    out = []
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            out.append(o.detach().float())
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str):
+                walk(o[k])
+        elif isinstance(o, list | tuple):
+            for x in o:
+                walk(x)
+
+    for f in sorted((run_dir / "tree").rglob("*.pt")):
+        walk(torch.load(f, map_location="cpu", weights_only=False))
+    return out
+
+
+def test_hc_mgan_method_autocast_matches_bf16_mixed(cpu_with_bf16, monkeypatch, tmp_path):
+    """HC-MGAN's autocast region spans its D, C and G updates: with the cast cache dropped after every step,
+    ``method.autocast=bf16`` is the same computation as Lightning's ``bf16-mixed`` (whose cache is off)."""
+    monkeypatch.setenv(precision.ENV_FORCE, "1")
+    base_overrides = ["method=hc_mgan", "dataset=digits", "trainer=smoke", "logger=none", "method.n_clusters=3",
+                      "method.refinement.count=1", "method.raw_split.epochs=2", "method.raw_split.min_iters=0",
+                      "method.refinement.epochs=2", "method.refinement.min_iters=0"]
+    runs = {}
+    for name, extra in (("mixed", "trainer.precision=bf16-mixed"), ("method", "method.autocast=bf16")):
+        run(compose_cfg([*base_overrides, extra], output_dir=tmp_path / name))
+        runs[name] = _tree_tensors(tmp_path / name)
+    assert runs["mixed"] and len(runs["mixed"]) == len(runs["method"])
+    assert all(torch.equal(a, b) for a, b in zip(runs["mixed"], runs["method"]))

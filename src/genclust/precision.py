@@ -97,14 +97,14 @@ def autocast_active(device_type: str, request: str, what: str = "method.autocast
 def drop_stale_casts(device_type: str) -> None:
     """Forget autocast's cached low-precision copies of the weights, after an optimizer step changed them.
 
-    Inside one autocast region every weight is cast once and the copy is reused, with no check of the
-    weight's version: an in-place update (``optimizer.step()``) leaves the copy stale. Lightning's
-    ``trainer.precision=bf16-mixed`` wraps the whole ``training_step`` in one region, and a manual-optimization
-    step updates several players in turn (critic, then generator): without this, the later players' forwards
-    would see the earlier players' weights from before their update (a simultaneous-update game in bf16,
-    alternating in fp32). ``method.autocast`` regions end before each update, so they never hold a stale copy.
+    Inside one autocast region with its cast cache on (``torch.autocast``'s default) every weight is cast
+    once and the copy is reused, with no check of the weight's version: an in-place update
+    (``optimizer.step()``) leaves the copy stale, and a later player's forward in the same region would see
+    the weights from before the update. HC-MGAN's ``method.autocast`` region spans its whole game (D, C and G
+    updates), so it needs this after every step; with it, that game is bit-identical to Lightning's
+    ``trainer.precision=bf16-mixed``, whose region (2.6) has the cache off (``cache_enabled=False``).
     """
-    if torch.is_autocast_enabled(device_type):
+    if torch.is_autocast_enabled(device_type) and torch.is_autocast_cache_enabled():
         torch.clear_autocast_cache()
 
 

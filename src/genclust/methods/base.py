@@ -191,7 +191,7 @@ class ClusteringMethod(pl.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
-        drop_stale_casts(self.device.type)  # trainer.precision=bf16-mixed: the next forward casts the new weights
+        drop_stale_casts(self.device.type)  # an autocast region spanning updates (HC-MGAN): recast the new weights
         self.untoggle_optimizer(optimizer)
 
     def watch_loss(self, name: str, loss: Tensor) -> None:
