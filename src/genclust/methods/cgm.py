@@ -66,8 +66,10 @@ from genclust.nets.init import initialize
 
 LANGEVIN = {"steps": 100, "step_size": 0.1, "noise": True}  # §3.3: l = 100; step size: ours
 INFERENCE = {"mode": "gibbs", "sweeps": 5, "steps": 20, "seed": 0}
-REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0, "chain_start": "z_i"}
+REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0, "chain_start": "z_i",
+            "init_labels": "prior", "kmeans_n_init": 3, "hold_labels_iters": 0}
 CHAIN_STARTS = ("z_i", "persistent", "fresh")
+INIT_LABELS = ("prior", "kmeans")
 
 
 def _merge(name: str, defaults: dict[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -133,6 +135,9 @@ class CGM(ClusteringMethod):
         if self.remedies["chain_start"] != "z_i" and int(self.remedies["per_class_steps"]) < 1:
             raise ConfigError(f"cgm: remedies.chain_start={self.remedies['chain_start']} needs "
                               "remedies.per_class_steps >= 1 (the Langevin steps of each class's chain)")
+        if self.remedies["init_labels"] not in INIT_LABELS:
+            raise ConfigError(f"cgm: remedies.init_labels must be one of {'|'.join(INIT_LABELS)}, "
+                              f"got {self.remedies['init_labels']!r}")
         if self.persistent_chains:
             specs["z_per_class"] = ((self.n_clusters, self.z_dim), torch.float32)  # z_{i,k}: one chain per class
         self.latents = ExampleState(specs)
@@ -204,9 +209,23 @@ class CGM(ClusteringMethod):
             def init(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
                 if name in ("z", "z_per_class"):
                     return torch.randn(shape)
+                if self.remedies["init_labels"] == "kmeans":
+                    return self.kmeans_labels(dm.fit_set.x)
                 return torch.multinomial(pi, shape[0], replacement=True)
 
             self.latents.allocate(n, init, device=self.device)
+
+    def kmeans_labels(self, x: Tensor) -> Tensor:
+        """The ``init_labels: kmeans`` remedy: y_i from k-means on the fit set's pixels (images only, no labels;
+        seeded by the run's seed, so every DDP rank computes the same labels) instead of Algorithm 1 line 3's
+        y_i ~ Cat(pi). Why: from random labels the y-steps behave like k-means over class manifolds from a random
+        start (RESULTS "CGM: what moves the stored labels"); this starts them where pixel k-means ends."""
+        from sklearn.cluster import KMeans
+
+        seed = torch.initial_seed() % 2**31
+        pixels = x.float().flatten(1).numpy()
+        labels = KMeans(self.n_clusters, n_init=int(self.remedies["kmeans_n_init"]), random_state=seed).fit_predict(pixels)
+        return torch.as_tensor(labels, dtype=torch.long)
 
     # ------------------------------------------------------------------ training
     def temperature(self) -> float:
@@ -226,7 +245,10 @@ class CGM(ClusteringMethod):
         z = self.langevin_z(x, y, z, int(self.langevin_cfg["steps"]))  # 1. inference on z
         use_map = self.y_inference == "map" and self._t >= int(self.remedies["map_burn_in"])
         rows = torch.arange(len(x), device=x.device)
-        if int(self.remedies["per_class_steps"]) > 0:  # 2'. the per-class remedy (module doc)
+        if self._t < int(self.remedies["hold_labels_iters"]):  # 2''. the hold remedy: y_i stays, G learns the
+            with torch.no_grad():  # classes' manifolds from the initial labels first (posterior only logged)
+                post = self.posterior(x, z, self.temperature())
+        elif int(self.remedies["per_class_steps"]) > 0:  # 2'. the per-class remedy (module doc)
             start = z  # chain_start z_i: every class starts from step 1's z_i
             if self.persistent_chains:  # each class continues its own stored chain; y_i's is the one step 1 ran
                 start = self.latents.read("z_per_class", idx).to(z.device).clone()
