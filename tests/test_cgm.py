@@ -2,6 +2,7 @@
 brute-force loop, persistent per-example state (checkpoint / resume), new-data inference and a smoke fit."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -158,3 +159,59 @@ def test_persistent_per_class_chains_are_stored_and_score_training_examples(tmp_
         got = m.cluster_probs(x, idx)
         loop = torch.stack([-m.energy(x, torch.full((5,), k), chains[:5, k]) for k in range(10)], 1)
     assert torch.allclose(got, torch.softmax(loop, 1), atol=1e-5)
+
+
+def test_kmeans_label_init_is_label_free_and_held(tmp_path):
+    """``remedies.init_labels=kmeans``: the stored y's start at k-means on the fit set's pixels (seeded, no labels)
+    and ``hold_labels_iters`` keeps them through the first learning iterations; a y-step then moves some."""
+    from sklearn.cluster import KMeans
+
+    from genclust.data import ClusteringDataModule
+
+    with pytest.raises(ConfigError, match="init_labels"):
+        make(**{"remedies.init_labels": "labels"})
+    base = ["method=cgm", "dataset=digits", "trainer=smoke", "logger=none", "callbacks.evaluator.every_n_epochs=0",
+            "method.langevin.steps=2", "method.z_dim=3", "method.inference.sweeps=1", "method.inference.steps=1",
+            "method.remedies.init_labels=kmeans", "seed=3"]
+    cfg = compose_cfg(base, tmp_path / "held")
+    dm = ClusteringDataModule(cfg.dataset, data_dir=str(DATA_DIR), download=False)
+    dm.setup("fit")
+    expected = KMeans(10, n_init=3, random_state=3).fit_predict(dm.fit_set.x.float().flatten(1).numpy())
+    held = run(compose_cfg(base + ["method.remedies.hold_labels_iters=100"], tmp_path / "held"))
+    assert held["method_info"]["iterations"] == 3
+    y = torch.load(tmp_path / "held" / "model.pt", weights_only=True)["state_dict"]["latents.y"]
+    assert torch.equal(y, torch.as_tensor(expected, dtype=torch.long))
+    run(compose_cfg(base + ["method.remedies.hold_labels_iters=1"], tmp_path / "moved"))
+    moved = torch.load(tmp_path / "moved" / "model.pt", weights_only=True)["state_dict"]["latents.y"]
+    assert not torch.equal(moved, y) and (moved == y).float().mean() > 0.5  # y-steps on the 2 later batches only
+
+
+def test_marginal_posterior_equals_a_loop_over_draws_and_trains():
+    """``inference.mode=marginal``: log pi_k + log mean_s p(x | k, z_s) over shared draws, against a loop over k and s;
+    the ``y_posterior=marginal`` y-step trains, and a bad name is a one-line ConfigError."""
+    with pytest.raises(ConfigError, match="y_posterior"):
+        make(**{"remedies.y_posterior": "joint"})
+    with pytest.raises(ConfigError, match="inference.mode"):
+        make(**{"inference.mode": "exact"})
+    m = make(k=3, z_dim=2, **{"inference.samples": 7}).eval()
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    z, protos = m.prototypes(7, generator=torch.Generator().manual_seed(0))
+    log_joint, best = m.marginal_log_joint(x, protos, chunk=2)
+    loop = torch.zeros(5, 3)
+    for k in range(3):
+        with torch.no_grad():
+            ll = torch.stack([-(x - m.g(torch.full((5,), k), z[s].expand(5, -1))).flatten(1).pow(2).sum(1)
+                              / (2 * m.sigma**2) for s in range(7)], 1)
+        loop[:, k] = m.log_prior[k] + torch.logsumexp(ll, 1) - math.log(7)
+        assert torch.equal(best[:, k], ll.argmax(1))
+    assert torch.allclose(log_joint, loop, rtol=1e-4, atol=1e-2)
+    probs = m.infer(x, "marginal")
+    assert torch.allclose(probs.sum(1), torch.ones(5)) and torch.equal(probs, m.infer(x, "marginal"))
+    m.train()
+    m.latents.allocate(5, lambda name, shape, dtype: torch.zeros(shape, dtype=dtype))
+    m.remedies["y_posterior"], m.langevin_cfg["steps"] = "marginal", 1
+    m.update = lambda name, loss: loss.backward()  # no trainer: the generator step's gradient is all we need
+    m.log_dict = lambda *a, **k: None
+    m.training_step((x, torch.arange(5)), 0)
+    assert int(m.iterations) == 1 and m.latents.y.max() < 3
+    assert any(p.grad is not None for p in m.generator.parameters())

@@ -24,14 +24,19 @@ Clustering (``cluster_probs(x, idx)``):
   same answer), alternate Langevin on z (y fixed at the current MAP) and the y-posterior for
   ``inference.sweeps`` sweeps, return p(y | x, z); ``per_cluster`` — K chains, one per y, each Langevin from a
   fresh z with y fixed, probs = softmax over k of the chains' final log-joint.
-* read-outs ``reinferred`` (the fit set re-inferred from scratch, as new data) and, when configured,
-  ``per_cluster``: so ``metrics.json`` has training examples scored both from stored state and by re-inference.
+* ``marginal`` (ours, for a small z): p(y | x) with p(x | k) = E_z p(x | k, z) estimated on S shared draws
+  z_s ~ N(0, I): K x S generated images and one distance matrix, no Langevin (seconds for 10k images);
+* read-outs ``reinferred`` (the fit set re-inferred from scratch, as new data, with ``inference.mode``) and, when
+  configured, ``per_cluster`` / ``marginal``: so ``metrics.json`` has training examples scored both from
+  stored state and by re-inference.
 
 Failure mode this model invites: one y explaining everything (a G that ignores y). Logged every epoch:
 ``train/y_usage`` (entropy of the stored y's / log K; 1 = uniform use) and ``train/y_confidence`` (mean
 max posterior). Named remedies, off by default: ``remedies.temperature`` (anneal a temperature on the
 y-posterior's likelihood term from ``start`` to 1 over ``anneal_iters`` iterations: sigma_y = sigma *
-sqrt(T)), ``remedies.map_burn_in`` (sample y for this many iterations before MAP), and
+sqrt(T)), ``remedies.map_burn_in`` (sample y for this many iterations before MAP), ``remedies.y_posterior:
+marginal`` (the y-step uses the ``marginal`` posterior above, before the Langevin steps; a relabelled example
+restarts z at its new class's best draw z_s: no class is scored at a z tuned for another), and
 ``remedies.per_class_steps`` m > 0: the y-step compares the K classes each with its own z (m Langevin steps per
 class; p(y | x) from the K chains' log-joints, the chosen chain's z is kept), the chains starting
 (``remedies.chain_start``) from step 1's z_i (``z_i``), from each class's own chain stored per example
@@ -41,6 +46,10 @@ is an unrelated image and the stored y never moves (measured: the random initial
 K x m extra generator passes per example buy the classes a fair comparison. Measured (RESULTS "CGM: what moves
 the stored labels"): no remedy moves the labels at d = 100, because G learns to draw each image from its own
 z_i and y_i becomes one more coordinate of that code; a small z (d = 3, the budget configs) makes y carry shape.
+Where the labels start: ``remedies.init_labels`` ``prior`` (Algorithm 1 line 3) or ``kmeans`` (k-means on the fit
+set's pixels: images only, seeded by the run's seed), with ``remedies.hold_labels_iters`` learning iterations
+without a y-step first, so G learns each class from the initial labels before the y-posterior may move them (an
+untrained G's posterior scrambles any start: digits, k-means 0.79 -> 0.31 after one epoch without the hold).
 
 Evaluation cost: new-data inference runs once per distinct image per evaluation (a per-row cache keyed by the
 image bytes and the iteration), so the test rows of ``all`` and the ``reinferred`` read-out reuse the answers.
@@ -65,9 +74,12 @@ from genclust.nets.blocks import eval_mode, frozen
 from genclust.nets.init import initialize
 
 LANGEVIN = {"steps": 100, "step_size": 0.1, "noise": True}  # §3.3: l = 100; step size: ours
-INFERENCE = {"mode": "gibbs", "sweeps": 5, "steps": 20, "seed": 0}
+INFERENCE = {"mode": "gibbs", "sweeps": 5, "steps": 20, "seed": 0, "samples": 512}
+INFERENCE_MODES = ("gibbs", "per_cluster", "marginal")
+Y_POSTERIORS = ("at_z", "marginal")
 REMEDIES = {"temperature": 1.0, "anneal_iters": 0, "map_burn_in": 0, "per_class_steps": 0, "chain_start": "z_i",
-            "init_labels": "prior", "kmeans_n_init": 3, "hold_labels_iters": 0}
+            "init_labels": "prior", "kmeans_n_init": 3, "hold_labels_iters": 0, "y_posterior": "at_z",
+            "marginal_samples": 256}
 CHAIN_STARTS = ("z_i", "persistent", "fresh")
 INIT_LABELS = ("prior", "kmeans")
 
@@ -114,8 +126,14 @@ class CGM(ClusteringMethod):
         self.remedies = _merge("remedies", REMEDIES, remedies)
         if y_inference not in ("sample", "map"):
             raise ConfigError(f"cgm: y_inference must be sample|map, got {y_inference!r}")
-        if self.inference_cfg["mode"] not in ("gibbs", "per_cluster"):
-            raise ConfigError(f"cgm: inference.mode must be gibbs|per_cluster, got {self.inference_cfg['mode']!r}")
+        if self.inference_cfg["mode"] not in INFERENCE_MODES:
+            raise ConfigError(f"cgm: inference.mode must be {'|'.join(INFERENCE_MODES)}, "
+                              f"got {self.inference_cfg['mode']!r}")
+        if self.remedies["y_posterior"] not in Y_POSTERIORS:
+            raise ConfigError(f"cgm: remedies.y_posterior must be {'|'.join(Y_POSTERIORS)}, "
+                              f"got {self.remedies['y_posterior']!r}")
+        if min(int(self.inference_cfg["samples"]), int(self.remedies["marginal_samples"])) < 1:
+            raise ConfigError("cgm: inference.samples and remedies.marginal_samples must be >= 1")
         if float(sigma) <= 0 or int(z_dim) < 1:
             raise ConfigError(f"cgm: sigma > 0 and z_dim >= 1, got {sigma}, {z_dim}")
         pi = torch.full((self.n_clusters,), 1.0 / self.n_clusters) if prior is None else torch.tensor(
@@ -174,6 +192,31 @@ class CGM(ClusteringMethod):
     def posterior(self, x: Tensor, z: Tensor, temperature: float = 1.0) -> Tensor:
         """p(y | x, z) [N, K] (Eqs. 5-6): a softmax over the K log-joints (the z terms cancel)."""
         return torch.softmax(self.log_joint_all(x, z, temperature), dim=1)
+
+    @torch.no_grad()
+    def prototypes(self, samples: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """S shared draws z_s ~ N(0, I) and the K x S images G(k, z_s) [K, S, D] (one stacked no-grad pass)."""
+        k = self.n_clusters
+        z = torch.randn(samples, self.z_dim, generator=generator, device=self.log_prior.device)
+        with eval_mode(self.generator):  # BN at its running statistics: the prototypes do not depend on the batch
+            gen = torch.cat([self.g(torch.full((len(c),), j, device=z.device), c)
+                             for j in range(k) for c in z.split(4096)])
+        return z, gen.reshape(k, samples, -1)
+
+    @torch.no_grad()
+    def marginal_log_joint(self, x: Tensor, protos: Tensor, chunk: int = 512) -> tuple[Tensor, Tensor]:
+        """log pi_k + log p(x | k) [N, K], p(x | k) = E_{z ~ N(0, I)} p(x | k, z) estimated by the S prototypes
+        (log-mean-exp over s), and the index of each class's best prototype [N, K] (a start for z)."""
+        k, samples, dim = protos.shape
+        flat = protos.reshape(k * samples, dim)
+        sq = flat.pow(2).sum(1)
+        out, best = [], []
+        for xc in x.flatten(1).split(chunk):
+            d2 = (xc.pow(2).sum(1, keepdim=True) - 2 * xc @ flat.T + sq).clamp_min(0).reshape(len(xc), k, samples)
+            ll = -d2 / (2 * self.sigma**2)
+            out.append(torch.logsumexp(ll, 2) - math.log(samples))
+            best.append(ll.argmax(2))
+        return self.log_prior[None, :] + torch.cat(out), torch.cat(best)
 
     def langevin_z(self, x: Tensor, y: Tensor, z: Tensor, steps: int, noise: bool | None = None,
                    generator: torch.Generator | None = None) -> Tensor:
@@ -242,10 +285,22 @@ class CGM(ClusteringMethod):
         x = x.float()
         z = self.latents.read("z", idx)
         y = self.latents.read("y", idx)
-        z = self.langevin_z(x, y, z, int(self.langevin_cfg["steps"]))  # 1. inference on z
         use_map = self.y_inference == "map" and self._t >= int(self.remedies["map_burn_in"])
         rows = torch.arange(len(x), device=x.device)
-        if self._t < int(self.remedies["hold_labels_iters"]):  # 2''. the hold remedy: y_i stays, G learns the
+        holding = self._t < int(self.remedies["hold_labels_iters"])
+        if self.remedies["y_posterior"] == "marginal" and not holding:  # the marginal remedy: y-step first,
+            proto_z, protos = self.prototypes(int(self.remedies["marginal_samples"]))  # from p(y | x) itself
+            log_joint, best = self.marginal_log_joint(x, protos)
+            post = torch.softmax(log_joint / self.temperature(), dim=1)
+            new_y = post.argmax(1) if use_map else torch.multinomial(post, 1).squeeze(1)
+            moved = new_y != y  # a relabelled example restarts z at its new class's best prototype
+            z = torch.where(moved[:, None], proto_z[best[rows, new_y]], z)
+            y = new_y
+            z = self.langevin_z(x, y, z, int(self.langevin_cfg["steps"]))  # then inference on z given y
+            self._finish_step(x, idx, y, z, post)
+            return
+        z = self.langevin_z(x, y, z, int(self.langevin_cfg["steps"]))  # 1. inference on z
+        if holding:  # 2''. the hold remedy: y_i stays, G learns the
             with torch.no_grad():  # classes' manifolds from the initial labels first (posterior only logged)
                 post = self.posterior(x, z, self.temperature())
         elif int(self.remedies["per_class_steps"]) > 0:  # 2'. the per-class remedy (module doc)
@@ -265,7 +320,11 @@ class CGM(ClusteringMethod):
             with torch.no_grad():  # 2. inference on y
                 post = self.posterior(x, z, self.temperature())
             y = post.argmax(1) if use_map else torch.multinomial(post, 1).squeeze(1)
-        resid = (x - self.g(y, z)).flatten(1).pow(2).sum(1)  # 3. learning theta on -log p(x, y, z) (Eq. 8)
+        self._finish_step(x, idx, y, z, post)
+
+    def _finish_step(self, x: Tensor, idx: Tensor, y: Tensor, z: Tensor, post: Tensor) -> None:
+        """3. learning theta on -log p(x, y, z) (Eq. 8), then the new z_i, y_i are written back."""
+        resid = (x - self.g(y, z)).flatten(1).pow(2).sum(1)
         loss = (resid / (2 * self.sigma**2)).mean()
         self.update("generator", loss)
         self.latents.write("z", idx, z)
@@ -306,11 +365,12 @@ class CGM(ClusteringMethod):
         return self.infer_cached(x, self.inference_cfg["mode"])
 
     def embed(self, x: Tensor, name: str) -> Tensor:
-        """'reinferred' / 'per_cluster': the posterior of new-data inference (gibbs / per_cluster chains)."""
+        """'reinferred' (the configured ``inference.mode``) / 'per_cluster' / 'marginal': the posterior of new-data
+        inference with that mode."""
         if name == "reinferred":
-            return self.infer_cached(x.float(), "gibbs")
-        if name == "per_cluster":
-            return self.infer_cached(x.float(), "per_cluster")
+            return self.infer_cached(x.float(), self.inference_cfg["mode"])
+        if name in ("per_cluster", "marginal"):
+            return self.infer_cached(x.float(), name)
         return super().embed(x, name)
 
     def infer_cached(self, x: Tensor, mode: str) -> Tensor:
@@ -334,6 +394,9 @@ class CGM(ClusteringMethod):
         steps = int(cfg["steps"] if steps is None else steps)
         rng = torch.Generator(device=x.device).manual_seed(int(cfg["seed"]))  # the training stream stays untouched
         with eval_mode(self.generator), frozen(self.generator):
+            if mode == "marginal":
+                _, protos = self.prototypes(int(cfg["samples"]), generator=rng)
+                return torch.softmax(self.marginal_log_joint(x, protos)[0], dim=1)
             if mode == "per_cluster":
                 n, k = len(x), self.n_clusters
                 xs, ys = x.repeat_interleave(k, 0), torch.arange(k, device=x.device).repeat(n)
