@@ -164,6 +164,8 @@ class CGM(ClusteringMethod):
         self._confidence: list[Tensor] = []
         self._infer_cache: dict[tuple[str, bytes], Tensor] = {}
         self._infer_cache_at = -1
+        self._protos: Tensor | None = None  # inference.mode=marginal: K x S images of the current G
+        self._protos_at: tuple[int, int, int] | None = None
 
     # ------------------------------------------------------------------ model
     def optimizer_names(self) -> list[str]:
@@ -198,9 +200,9 @@ class CGM(ClusteringMethod):
         """S shared draws z_s ~ N(0, I) and the K x S images G(k, z_s) [K, S, D] (one stacked no-grad pass)."""
         k = self.n_clusters
         z = torch.randn(samples, self.z_dim, generator=generator, device=self.log_prior.device)
+        ys = torch.arange(k, device=z.device).repeat_interleave(samples)  # class-major: row j*S + s is (k=j, z_s)
         with eval_mode(self.generator):  # BN at its running statistics: the prototypes do not depend on the batch
-            gen = torch.cat([self.g(torch.full((len(c),), j, device=z.device), c)
-                             for j in range(k) for c in z.split(4096)])
+            gen = self.g(ys, z.repeat(k, 1))
         return z, gen.reshape(k, samples, -1)
 
     @torch.no_grad()
@@ -394,9 +396,11 @@ class CGM(ClusteringMethod):
         steps = int(cfg["steps"] if steps is None else steps)
         rng = torch.Generator(device=x.device).manual_seed(int(cfg["seed"]))  # the training stream stays untouched
         with eval_mode(self.generator), frozen(self.generator):
-            if mode == "marginal":
-                _, protos = self.prototypes(int(cfg["samples"]), generator=rng)
-                return torch.softmax(self.marginal_log_joint(x, protos)[0], dim=1)
+            if mode == "marginal":  # G is fixed between learning iterations: one prototype set per iteration,
+                key = (int(self.iterations), int(cfg["samples"]), int(cfg["seed"]))  # not one per batch
+                if self._protos_at != key:
+                    self._protos, self._protos_at = self.prototypes(int(cfg["samples"]), generator=rng)[1], key
+                return torch.softmax(self.marginal_log_joint(x, self._protos)[0], dim=1)
             if mode == "per_cluster":
                 n, k = len(x), self.n_clusters
                 xs, ys = x.repeat_interleave(k, 0), torch.arange(k, device=x.device).repeat(n)
