@@ -124,6 +124,26 @@ def test_predict_clusters_new_data(tmp_path):
     assert np.load(tmp_path / "pred.npz")["test/cluster"].shape == (result["test"]["n"],)
 
 
+def test_checkpoint_curve_scores_every_epoch_and_ends_at_the_runs_own_evaluation(tmp_path, capsys):
+    """Time-to-accuracy for end-only-evaluation budgets: every kept checkpoint scored afterwards, one split."""
+    from scripts.checkpoint_curve import main as checkpoint_curve
+
+    proc = run_cli(["method=cgm", "dataset=digits", "trainer=smoke", "trainer.max_epochs=2", "method.langevin.steps=2",
+                    "method.inference.mode=marginal", "method.inference.samples=16",
+                    "callbacks.model_checkpoint.save_top_k=-1", "callbacks.evaluator.every_n_epochs=0",
+                    "callbacks.evaluator.save_figures=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert checkpoint_curve([str(tmp_path), "--split", "test"]) == 0
+    rows = json.loads((tmp_path / "checkpoint_curve.json").read_text())
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 3), (1, 6)]
+    assert 0 < rows[0]["elapsed_s"] <= rows[1]["elapsed_s"] and "train" not in rows[0]
+    final = json.loads((tmp_path / "metrics.json").read_text())
+    assert rows[-1]["test"]["acc"] == pytest.approx(final["eval/test/acc"])  # the last epoch is the final model
+    assert "| 1 | 6 |" in capsys.readouterr().out
+    assert checkpoint_curve([str(tmp_path), "--split", "nope"]) == 2
+    assert "has no eval split nope" in capsys.readouterr().err
+
+
 @requires_mnist_test
 def test_kmeans_on_real_mnist_test(tmp_path):
     proc = run_cli(["method=kmeans", "dataset=mnist_test", "method.n_init=1"], tmp_path)

@@ -1,8 +1,9 @@
-"""Cluster (new) data with a trained run: ``genclust-predict RUN_DIR [--dataset NAME] [--out FILE]``.
+"""Cluster (new) data with a trained run: ``genclust-predict RUN_DIR [--dataset NAME] [--split S] [--out FILE]``.
 
 RUN_DIR is a run folder (its ``.hydra/config.yaml`` and ``model.pt``) or a Lightning checkpoint
 inside one (``RUN_DIR/checkpoints/last.ckpt``). The dataset defaults to the training dataset;
-``--dataset`` takes any dataset config with the same image shape. Writes ``assignments.npz``
+``--dataset`` takes any dataset config with the same image shape; ``--split`` (repeatable) scores only
+those eval splits (default: all of the dataset's). Writes ``assignments.npz``
 (per eval split: index, cluster, probs, label, and each read-out's cluster/probs, read-outs as fitted at
 the end of training) and prints the metrics.
 """
@@ -65,17 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="run folder or checkpoint")
     parser.add_argument("--dataset", help="dataset config name (default: the training dataset)")
     parser.add_argument("--data-dir", help="IDX data folder (default: the run's paths.data_dir)")
+    parser.add_argument("--split", action="append", dest="splits", metavar="SPLIT",
+                        help="score only this eval split (repeatable; default: every split of the dataset)")
     parser.add_argument("--out", type=Path, help="output file (default: <run>/predictions/<dataset>.npz)")
     args = parser.parse_args(argv)
     try:
-        result = predict(args.run, args.dataset, args.data_dir, args.out)
+        result = predict(args.run, args.dataset, args.data_dir, args.out, args.splits)
     except GenclustError as err:
         print(f"genclust-predict: error: {err}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(result, indent=2))
 
 
-def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, out: Path | None = None) -> dict:
+def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, out: Path | None = None,
+            splits: list[str] | None = None) -> dict:
     from genclust.data.datamodule import ClusteringDataModule
     from genclust.evaluation.callback import predict_set, save_assignments
     from genclust.evaluation.metrics import clustering_report
@@ -91,6 +95,11 @@ def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, 
     dm = ClusteringDataModule(dataset_cfg, batch_size=1, pixel_range=method.pixel_range,
                               data_dir=data_dir or cfg.paths.data_dir, download=cfg.paths.download, drop_last=False)
     dm.setup("predict")
+    unknown = sorted(set(splits or ()) - set(dm.eval_sets))
+    if unknown:
+        raise GenclustError(f"dataset '{dm.name}' has no eval split {', '.join(unknown)}; its splits: "
+                            f"{', '.join(dm.eval_sets)}")
+    eval_sets = {name: data for name, data in dm.eval_sets.items() if not splits or name in splits}
     predictions, result = {}, {}
     same_data = dm.name == cfg.dataset.name  # the training examples keep their fit-set index (stored state)
     from_checkpoint = Path(run).is_file() or not (run_dir / "model.pt").is_file()
@@ -103,7 +112,7 @@ def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, 
         elif any(not r.fitted for r in method.readouts.values()):
             raise GenclustError("the checkpoint's read-outs are not fitted: predict with the run folder's model.pt, "
                                 "or on the run's own dataset (read-outs are fitted on its fit set)")
-    for split, data in dm.eval_sets.items():
+    for split, data in eval_sets.items():
         pred = predict_set(method, data, fit_set=dm.fit_set if same_data else None)
         predictions[split] = pred
         report = clustering_report(data.y.numpy(), pred["labels"].numpy())
