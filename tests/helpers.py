@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,10 @@ def run_cli(args: list[str], tmp_path: Path | None = None, timeout: int = 600, s
     full_env = {**os.environ, "GENCLUST_DATA_DIR": str(DATA_DIR), "GENCLUST_ROOT": str(tmp_path or ROOT),
                 "WANDB_MODE": "offline", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **(env or {})}
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A free TCP port on localhost (MASTER_PORT of a test's gloo process group)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

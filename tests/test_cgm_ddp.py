@@ -9,7 +9,6 @@ epoch. Both runs start from one generator and one latent table; the DDP ranks re
 and the single process replays them, rank 0's batch then rank 1's, as one batch per step."""
 
 import os
-import socket
 
 import pytest
 import pytorch_lightning as pl
@@ -20,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from genclust.data.datamodule import _IndexedTensor, _keep_batch
 from genclust.train import build_datamodule
-from tests.helpers import compose_cfg
+from tests.helpers import compose_cfg, free_port
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
@@ -28,12 +27,6 @@ STEPS = 3  # learning iterations per rank (the first 3 x 16 of each rank's shard
 OVERRIDES = ["method=cgm", "dataset=digits", "method.batch_size=16", "method.z_dim=4", "method.langevin.steps=5",
              "method.langevin.noise=false", "method.y_inference=map", "method.nets.generator.batch_norm=false",
              "method.nets.generator.channels=[16,8,8,8,8]", "method.readouts={}"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _method_and_data(start: dict):
@@ -91,7 +84,7 @@ def test_cgm_ddp_epoch_state_equals_single_process_on_the_union_batches():
              "z": torch.randn(n, 4), "y": torch.randint(0, 10, (n,))}
 
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), start, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), start, out), nprocs=2, join=True)
     ranks = [out[0], out[1]]
     per_rank = [r["batches"] for r in ranks]
     assert len(per_rank[0]) == len(per_rank[1]) == STEPS

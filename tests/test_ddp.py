@@ -1,7 +1,6 @@
 """The evaluator under 2-process CPU DDP (gloo) gives exactly the single-process result."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,15 +11,10 @@ from genclust.data import ClusteringDataModule
 from genclust.evaluation.callback import predict_set
 from genclust.latent import ExampleState
 from genclust.methods.baselines import KMeansBaseline
+from tests.helpers import free_port
 from tests.test_data import DIGITS
 
 pytestmark = pytest.mark.ddp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fitted_model_and_data():
@@ -54,7 +48,7 @@ def test_ddp_gather_equals_single_process():
               for split, data in dm.eval_sets.items()}
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), model.state_dict(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), model.state_dict(), out), nprocs=2, join=True)
     for rank in (0, 1):
         for split, (probs, labels) in single.items():
             ddp_probs, ddp_labels = out[rank][split]
@@ -88,7 +82,7 @@ def test_example_state_sync_equals_single_process():
     single.z[19] = 1.0  # written by both ranks (values 0 and 1): the highest rank's, whole
     manager = mp.Manager()
     out = manager.dict()
-    mp.spawn(_state_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_state_worker, args=(2, free_port(), out), nprocs=2, join=True)
     for rank in (0, 1):
         z, y = out[rank]
         assert torch.equal(z, single.z) and torch.equal(y, single.y), f"rank {rank}"
