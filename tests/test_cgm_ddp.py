@@ -103,6 +103,7 @@ def test_cgm_ddp_epoch_state_equals_single_process_on_the_union_batches():
     untouched = torch.ones(n, dtype=torch.bool)
     untouched[seen] = False
     assert not torch.equal(expected["z"][seen], start["z"][seen]), "the epoch moved no z_i"
+    assert not torch.equal(expected["y"][seen], start["y"][seen]), "the y-steps relabelled nothing"
     assert torch.equal(expected["z"][untouched], start["z"][untouched])
     for rank, got in enumerate(ranks):
         torch.testing.assert_close(got["z"], expected["z"], rtol=1e-4, atol=1e-5, msg=f"rank {rank}: z_i")
