@@ -274,6 +274,62 @@ def test_bf16_autocast_trains_finite(monkeypatch):
     assert torch.isfinite(loss_d) and torch.isfinite(loss_g) and loss_d.dtype == torch.float32
 
 
+def graph_leaves(t: torch.Tensor) -> list[torch.Tensor]:
+    """The parameters (leaves) an autograd graph would compute a gradient for."""
+    seen, stack, leaves = set(), [t.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            leaves.append(fn.variable)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return leaves
+
+
+def test_generator_step_computes_no_critic_weight_gradient():
+    """G's loss flows through D, but D is frozen during the forward: its weight gradients are never computed
+    (toggle_optimizer at backward time would only discard them after computing them)."""
+    m = make(k=4)
+    loss, _ = m.generator_loss(8)
+    leaves = {id(p) for p in graph_leaves(loss)}
+    assert not leaves & {id(p) for p in m.critic.parameters()}
+    assert {id(p) for p in m.generator.parameters()} <= leaves and {id(p) for p in m.encoder.parameters()} <= leaves
+    assert all(p.requires_grad for p in m.critic.parameters())  # restored after the forward
+
+
+def test_critic_fakes_cast_the_generator_once_per_generator_update(monkeypatch):
+    """Under bf16 the critic steps read G's weights cast once per generator update: the fakes are bit-identical to
+    autocast's own casts, and a generator update (the stamp) recasts them even when no version counter moved."""
+    monkeypatch.setenv("GENCLUST_EMULATED_BF16", "1")
+    m = make(k=4, autocast="bf16", n_critic=3, zn_unit_scale=True)
+    z = m.sample_z(8)[0]
+
+    def autocast_fakes():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return m._g(z).float()
+
+    m._critic_calls = 0
+    assert torch.equal(m._critic_fakes(z), autocast_fakes())
+    cast = m._g_cast.params(0)
+    fc = next(mod for mod in m.generator.modules() if isinstance(mod, torch.nn.Linear))
+    fc.weight.data.add_(0.5)  # an in-place update that bumps no version counter (as the fused Adam step)
+    m._critic_calls = 2  # still before the first generator update: the cast copies are reused
+    assert m._g_cast.params(0) is cast and not torch.equal(m._critic_fakes(z), autocast_fakes())
+    m._critic_calls = 3  # after it: recast
+    assert torch.equal(m._critic_fakes(z), autocast_fakes())
+    norms = [n for n, mod in m.generator.named_modules() if isinstance(mod, BatchNormNoScale)]
+    assert norms and not any(k.startswith(f"{n}.") for k in m._g_cast.params(1) for n in norms)  # norms stay fp32
+
+
+def test_critic_fakes_without_bf16_are_the_plain_forward():
+    m = make(k=4)
+    z = m.sample_z(8)[0]
+    with torch.no_grad():
+        assert torch.equal(m._critic_fakes(z), m._g(z)) and m._g_cast is None
+
+
 def test_synthetic_smoke_fit(tmp_path):
     cfg = compose_cfg(["experiment=clustergan_synthetic", "trainer=smoke", "trainer.limit_train_batches=10",
                        "trainer.max_epochs=1",

@@ -183,7 +183,9 @@ class ClusteringMethod(pl.LightningModule):
         """One optimizer step of player ``name`` on ``loss``.
 
         toggle_optimizer freezes every other player's parameters, so a generator loss that
-        flows through the critic leaves no gradient on the critic.
+        flows through the critic leaves no gradient on the critic. It acts at backward time, after
+        the graph is built, so the critic's weight gradients are still *computed* (then dropped):
+        a method skips that work by running the critic's forward under ``nets.blocks.frozen``.
         """
         optimizer = self.optimizer_by_name()[name]
         self.watch_loss(name, loss)

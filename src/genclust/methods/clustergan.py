@@ -46,9 +46,10 @@ from genclust.errors import ConfigError
 from genclust.latent import descend
 from genclust.losses import gradient_penalty
 from genclust.methods.base import ClusteringMethod
-from genclust.nets.blocks import eval_mode
+from genclust.nets.blocks import eval_mode, frozen
 from genclust.nets.dcgan import BatchNormNoScale
 from genclust.nets.init import init_glorot, initialize
+from genclust.precision import CastWeights
 
 INFERENCE_MODES = ("encoder", "backprop")
 ZN_REDUCTIONS = ("mean", "sum")
@@ -166,6 +167,7 @@ class ClusterGAN(ClusteringMethod):
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self._critic_calls = 0
         self._gp_calls = 0
+        self._g_cast: CastWeights | None = None  # G's bf16 weights for the critic steps' fakes (built lazily)
 
     # --------------------------------------------------------------------------------- prior
     def sample_z(self, n: int, cluster: Tensor | int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -184,6 +186,18 @@ class ClusterGAN(ClusteringMethod):
         """G(z) (z = [z_n, z_c] in the prior's units); ``net`` = the averaged copy at inference."""
         net = self.generator if net is None else net
         return net(z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z)
+
+    def _critic_fakes(self, z: Tensor) -> Tensor:
+        """G(z) without a graph for a critic step. G does not change between its updates, so under bf16 its weights
+        are cast once per generator update (``CastWeights``), not once per critic step; bit-identical either way."""
+        with torch.no_grad(), self.autocast():
+            if not self.autocast_active():
+                return self._g(z).float()
+            if self._g_cast is None:
+                self._g_cast = CastWeights(self.generator)
+            g_in = z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z
+            g_updates = self._critic_calls // self.n_critic  # G changes only in training_step's generator update
+            return torch.func.functional_call(self.generator, self._g_cast.params(g_updates), (g_in,)).float()
 
     def _e(self, x: Tensor, net: nn.Module | None = None) -> Tensor:
         """E(x) = [z_n_hat, z_c logits] (z_n_hat in the prior's units)."""
@@ -233,14 +247,14 @@ class ClusterGAN(ClusteringMethod):
         # Schedules run on Python counters (no device sync per step), restored from the buffers on resume.
         self._critic_calls = int(self.critic_steps)
         self._gp_calls = self._critic_calls
+        self._g_cast = None  # G's weights may have been loaded or broadcast since the last cast
 
     def critic_loss(self, real: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """WGAN-GP critic loss on one real batch and one fresh fake batch (critic scores real high)."""
         n = real.shape[0]
         with torch.no_grad():
             z, _, _ = self.sample_z(n)
-            with self.autocast():
-                fake = self._prep(self._g(z).float())
+        fake = self._prep(self._critic_fakes(z))
         with self.autocast():  # one context: autocast casts each weight once per step (its cache)
             if self._critic_has_bn:
                 d_real, d_fake = self.critic(real).float().mean(), self.critic(fake).float().mean()
@@ -271,7 +285,8 @@ class ClusterGAN(ClusteringMethod):
         z, z_n, k = self.sample_z(n)
         with self.autocast():
             fake = self._prep(self._g(z))
-            adv = -self.critic(fake).float().mean()
+            with frozen(self.critic):  # gradients reach G through D; D's own weight gradients are not computed
+                adv = -self.critic(fake).float().mean()
             loss = adv
             logs = {"train/loss_g_adv": adv.detach()}
             if self.encoder is not None:

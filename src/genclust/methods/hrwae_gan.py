@@ -49,7 +49,7 @@ from torch import Tensor
 from genclust.errors import ConfigError
 from genclust.latent import ExampleState
 from genclust.methods.base import ClusteringMethod
-from genclust.nets.blocks import eval_mode
+from genclust.nets.blocks import eval_mode, frozen
 from genclust.nets.hrwae import HierarchyOutput
 from genclust.readouts import UMAPHDBSCANReadout
 
@@ -221,7 +221,8 @@ class HRWAEGAN(ClusteringMethod):
         real = self.prior_samples(out)
         d_loss = self.adversarial([r.detach() for r in real], [z.detach() for z in out.z], relativistic_d_loss)
         self.update("discriminator", d_loss)
-        g_loss = self.adversarial(real, out.z, relativistic_g_loss)
+        with frozen(self.discriminator):  # gradients reach the encoder through D; D's weight gradients are skipped
+            g_loss = self.adversarial(real, out.z, relativistic_g_loss)
         weight = self.attention.read("weight", idx).to(x.device) if self.attention.size else torch.ones(len(x), device=x.device)
         recon = (weight * self.reconstruction_loss(x, out.image)).mean()
         match = self.layer_matching(out)
