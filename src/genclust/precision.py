@@ -141,7 +141,7 @@ class CastWeights:
         self._cast: dict[str, torch.Tensor] = {}
 
     def params(self, stamp: object) -> dict[str, torch.Tensor]:
-        if stamp is None or stamp != self._stamp or not self._cast:
+        if stamp is None or stamp != self._stamp:
             with torch.no_grad():
                 self._cast = {name: p.detach().to(self.dtype) for name, p in self.weights.items()}
             self._stamp = stamp

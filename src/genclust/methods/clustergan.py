@@ -185,7 +185,11 @@ class ClusterGAN(ClusteringMethod):
     def _g(self, z: Tensor, net: nn.Module | None = None) -> Tensor:
         """G(z) (z = [z_n, z_c] in the prior's units); ``net`` = the averaged copy at inference."""
         net = self.generator if net is None else net
-        return net(z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z)
+        return net(self._g_input(z))
+
+    def _g_input(self, z: Tensor) -> Tensor:
+        """What G reads: z, or [z_n / sigma, z_c] with ``zn_unit_scale``."""
+        return z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z
 
     def _critic_fakes(self, z: Tensor) -> Tensor:
         """G(z) without a graph for a critic step. G does not change between its updates, so under bf16 its weights
@@ -195,9 +199,9 @@ class ClusterGAN(ClusteringMethod):
                 return self._g(z).float()
             if self._g_cast is None:
                 self._g_cast = CastWeights(self.generator)
-            g_in = z * self._g_in_scale.to(z.dtype) if self.zn_unit_scale else z
             g_updates = self._critic_calls // self.n_critic  # G changes only in training_step's generator update
-            return torch.func.functional_call(self.generator, self._g_cast.params(g_updates), (g_in,)).float()
+            weights = self._g_cast.params(g_updates)
+            return torch.func.functional_call(self.generator, weights, (self._g_input(z),)).float()
 
     def _e(self, x: Tensor, net: nn.Module | None = None) -> Tensor:
         """E(x) = [z_n_hat, z_c logits] (z_n_hat in the prior's units)."""
