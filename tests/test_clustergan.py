@@ -330,6 +330,46 @@ def test_critic_fakes_without_bf16_are_the_plain_forward():
         assert torch.equal(m._critic_fakes(z), m._g(z)) and m._g_cast is None
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("img_shape", [(1, 8, 8), (2,)])  # conv critic, MLP critic
+def test_gradient_penalty_skips_the_zero_second_derivative_branch(bf16, img_shape):
+    """Under the penalty the critic's LeakyReLUs (blocks.LeakyReLU inside twice_differentiated) give gradients
+    bit-identical to nn.LeakyReLU's without the extra backward of the critic's forward graph that only adds zeros.
+    The hidden biases show it: the input gradient does not depend on them, so only that branch reaches them."""
+    import copy
+
+    from genclust.losses import gradient_penalty
+    from genclust.nets.blocks import LeakyReLU
+
+    critic = make(img_shape=img_shape, k=4).critic
+    native = copy.deepcopy(critic)
+    swapped = 0
+    for module in list(native.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LeakyReLU):
+                setattr(module, name, torch.nn.LeakyReLU(child.negative_slope))
+                swapped += 1
+    assert swapped >= 2
+    gen = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(6, *img_shape, generator=gen), torch.rand(6, *img_shape, generator=gen)
+
+    def penalty_grads(net):
+        torch.manual_seed(1)  # the same interpolation weights
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            gradient_penalty(net, real, fake).backward()
+        return {n: p.grad for n, p in net.named_parameters()}
+
+    ours, theirs = penalty_grads(critic), penalty_grads(native)
+    for name, grad in theirs.items():
+        if ours[name] is None:  # an input gradient depends on no bias: only the zero branch reached them
+            assert name.endswith("bias") and (grad is None or not grad.any()), name
+        else:
+            assert torch.equal(ours[name], grad), name
+    assert any(ours[n] is None and theirs[n] is not None for n in theirs)  # the branch existed, and is gone
+    x = torch.rand(3, *img_shape, requires_grad=True)  # outside the penalty: the plain op
+    assert type(critic.body(x).grad_fn).__name__ == type(native.body(x).grad_fn).__name__
+
+
 def test_synthetic_smoke_fit(tmp_path):
     cfg = compose_cfg(["experiment=clustergan_synthetic", "trainer=smoke", "trainer.limit_train_batches=10",
                        "trainer.max_epochs=1",

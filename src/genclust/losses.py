@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from genclust.nets.blocks import twice_differentiated
+
 
 def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
                      per_sample_alpha: bool = True, center: float = 1.0) -> Tensor:
@@ -19,7 +21,8 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     alpha = torch.rand(shape if per_sample_alpha else (1,) * real.dim(), device=real.device, dtype=real.dtype)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    scores = critic(x_hat)
+    with twice_differentiated():  # the critic's LeakyReLUs drop their zero second-derivative branch
+        scores = critic(x_hat)
     (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     norms = grad.flatten(1).norm(2, dim=1)
     return ((norms - center) ** 2).mean()

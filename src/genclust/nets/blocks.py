@@ -1,5 +1,9 @@
 """Small building blocks every net family uses: activations, MLPs, reshape/crop layers, and the two
 context managers that replace hand-written try/finally blocks (``frozen``, ``eval_mode``).
+
+:class:`LeakyReLU` is ``nn.LeakyReLU`` with a cheaper double backward: inside ``twice_differentiated()``
+(the gradient penalty's critic forward) it skips one whole backward pass through the critic (same
+gradients, bit for bit).
 """
 
 from __future__ import annotations
@@ -8,7 +12,63 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class _LeakyReLUFn(torch.autograd.Function):
+    """leaky_relu whose backward reads its input as a constant.
+
+    The function is piecewise linear, so its second derivative is zero. PyTorch's own backward
+    (``leaky_relu_backward(grad, x)``) still keeps ``x`` in the graph of the gradient, and a double
+    backward (WGAN-GP: the penalty differentiates the critic's input gradient) then sends
+    ``zeros_like`` down that edge: a full backward of the critic's forward graph that adds only
+    zeros (its weight and input gradients). Detaching ``x`` in the backward cuts that edge; the
+    gradient's own dependence on ``grad`` (and through it on the weights) is unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, slope: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.slope = slope
+        return F.leaky_relu(x, slope)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.leaky_relu_backward(grad, x.detach(), ctx.slope, False), None
+
+
+_twice_differentiated = False
+
+
+@contextlib.contextmanager
+def twice_differentiated() -> Iterator[None]:
+    """Forwards inside build a graph whose gradient will itself be differentiated (a gradient penalty).
+
+    :class:`LeakyReLU` then skips the zero second-derivative branch (see ``_LeakyReLUFn``). Outside,
+    it is the plain op: the Python autograd function costs ~15 us per call, more than it saves there.
+    """
+    global _twice_differentiated
+    previous, _twice_differentiated = _twice_differentiated, True
+    try:
+        yield
+    finally:
+        _twice_differentiated = previous
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """``nn.LeakyReLU`` (same values, same gradients) whose double backward skips the zero branch.
+
+    Used by the critics that take a gradient penalty (DCGAN and WGAN-GP nets, MLPs). Measured on
+    ClusterGAN's port-layout critic (batch 64, 2 threads): the penalty's forward + double backward
+    53 -> 39 ms fp32, 26 -> 20 ms bf16, bit-identical gradients.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _twice_differentiated and not self.inplace and torch.is_grad_enabled() and x.requires_grad:
+            return _LeakyReLUFn.apply(x, self.negative_slope)
+        return super().forward(x)
 
 
 def activation(name: str, slope: float = 0.2) -> nn.Module:
@@ -17,7 +77,7 @@ def activation(name: str, slope: float = 0.2) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
     if name in ("lrelu", "leaky_relu"):
-        return nn.LeakyReLU(slope)
+        return LeakyReLU(slope)
     if name == "tanh":
         return nn.Tanh()
     if name == "sigmoid":

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genclust.errors import ConfigError
-from genclust.nets.blocks import Reshape, activation, conv_out_size
+from genclust.nets.blocks import LeakyReLU, Reshape, activation, conv_out_size
 
 BN_EVAL_STATS = ("running", "batch")
 
@@ -125,12 +125,12 @@ class ConvDiscriminator(nn.Module):
         c = img_shape[0]
         for i, c_next in enumerate(channels):
             layers += [nn.Conv2d(c, c_next, 4, 2, pad), *_norm(bn and i > 0, c_next, True, bn_eps, bn_scale, bn_eval_stats),
-                       nn.LeakyReLU(slope)]
+                       LeakyReLU(slope)]
             c = c_next
         layers.append(nn.Flatten())
         d = c * s * s
         for h in fc:
-            layers += [nn.Linear(d, h), nn.LeakyReLU(slope)]
+            layers += [nn.Linear(d, h), LeakyReLU(slope)]
             d = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(d, out_dim)

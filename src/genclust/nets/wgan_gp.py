@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from genclust.errors import ConfigError
-from genclust.nets.blocks import Crop, Reshape, activation, mlp
+from genclust.nets.blocks import Crop, LeakyReLU, Reshape, activation, mlp
 
 
 def trunk_plan(size: int) -> tuple[list[int], list[int]]:
@@ -59,7 +59,7 @@ class WGANGPTrunk(nn.Module):
         widths = [channels, dim, 2 * dim, 4 * dim]
         layers: list[nn.Module] = []
         for c_in, c_out, s in zip(widths[:-1], widths[1:], strides):
-            layers += [nn.Conv2d(c_in, c_out, 5, stride=s, padding=2), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(c_in, c_out, 5, stride=s, padding=2), LeakyReLU(0.2)]
         self.features = nn.Sequential(*layers, nn.Flatten())
         self.head = nn.Linear(4 * dim * sizes[-1] ** 2, n_out)
 
