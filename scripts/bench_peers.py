@@ -35,6 +35,8 @@ repeat), ``--repeats`` times, with the same interpreter, torch and ``--threads``
 OMP/MKL_NUM_THREADS). One iteration = one generator update with the updates that go with it; its time is the wall
 time from one iteration's start to the next (data loading included, on both sides), within one epoch. Each
 process reports the median over its timed iterations; the table gives min/median/max of those over repeats.
+The speed ratio is paired: each repeat's genclust process against the peer process next to it (same minutes of
+a host whose speed drifts), then the median (min-max) over repeats; the ratio of the two sides' medians follows.
 Images/s = real images per iteration / s per iteration (identical per iteration on both sides); "all img/s" counts
 every real and generated image once (peers.md §2). Peak RSS: the process's maximum resident set (os.wait4, like
 ``/usr/bin/time -v``; DataLoader workers count as separate processes). Model FLOPs per iteration are counted with
@@ -279,6 +281,16 @@ CASE_TITLE = {"hc_raw": "HC-MGAN raw split (FMNIST root)", "hc_ref": "HC-MGAN re
 PEER_TITLE = {"hcmgan": "dmdmello/HC-MGAN", "clustergan": "zhampel/clusterGAN"}
 
 
+def speed_ratios(side: dict[str, Any], peer: dict[str, Any], side_runs: list[dict[str, Any]],
+                 peer_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """genclust / peer images/s. The headline is the median over repeats of each repeat's *paired* ratio (the
+    two processes of one repeat run back to back, so a host whose speed drifts over minutes moves both); the
+    ratio of the two sides' median images/s is kept beside it (it pairs processes from different minutes)."""
+    per_repeat = [p["s_per_iter_median"] / g["s_per_iter_median"] for g, p in zip(side_runs, peer_runs)]
+    return {"median": statistics.median(per_repeat), "per_repeat": per_repeat,
+            "of_medians": side["real_images_per_s"] / peer["real_images_per_s"]}
+
+
 def markdown(report: dict[str, Any]) -> str:
     h, peaks = report["host"], report["peak_gflops"]
     lines = [
@@ -289,7 +301,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"processes; zhampel DataLoader workers: {report.get('cg_workers', 1)} (port default 1).",
         "",
         "| case | side | params | s/iteration min / median / max | real img/s (min-max) | all img/s | peak RSS GiB "
-        "| GFLOP/it | MFU fp32 | MFU bf16 | genclust/peer img/s (per repeat) |",
+        "| GFLOP/it | MFU fp32 | MFU bf16 | genclust/peer img/s: median of paired repeats (min-max) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, res in report["cases"].items():
@@ -304,6 +316,8 @@ def markdown(report: dict[str, Any]) -> str:
             if side != "peer" and res.get("ratios", {}).get(side):
                 r = res["ratios"][side]
                 ratio = f"**{r['median']:.2f}x** ({min(r['per_repeat']):.2f}-{max(r['per_repeat']):.2f})"
+                if "of_medians" in r:
+                    ratio += f"; of medians {r['of_medians']:.2f}x"
             gfl = s["flops_per_iter"] / 1e9 if s.get("flops_per_iter") else None
             lo, hi = s["real_images_per_s_range"]
             params = f"{s['params'] / 1e6:.2f}M" if s.get("params") else "-"
@@ -889,9 +903,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"peak RSS {r['peak_rss_kib'] / 2**20:.2f} GiB", file=sys.stderr)
                 runs[side].append(r)
         res: dict[str, Any] = {side: summarize(case, rs, peaks) for side, rs in runs.items()}
-        res["ratios"] = {side: {"median": res[side]["real_images_per_s"] / res["peer"]["real_images_per_s"],
-                                "per_repeat": [p["s_per_iter_median"] / g["s_per_iter_median"]
-                                               for g, p in zip(runs[side], runs["peer"])]}
+        res["ratios"] = {side: speed_ratios(res[side], res["peer"], runs[side], runs["peer"])
                          for side in sides if side != "peer"}
         res["ratio"] = res["ratios"]["genclust"]["median"]
         res["genclust_overrides"] = merge_overrides(GENCLUST_OVERRIDES[case], list(args.genclust_overrides))
