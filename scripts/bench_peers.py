@@ -315,9 +315,8 @@ def markdown(report: dict[str, Any]) -> str:
             ratio = ""
             if side != "peer" and res.get("ratios", {}).get(side):
                 r = res["ratios"][side]
-                ratio = f"**{r['median']:.2f}x** ({min(r['per_repeat']):.2f}-{max(r['per_repeat']):.2f})"
-                if "of_medians" in r:
-                    ratio += f"; of medians {r['of_medians']:.2f}x"
+                ratio = (f"**{r['median']:.2f}x** ({min(r['per_repeat']):.2f}-{max(r['per_repeat']):.2f}); "
+                         f"of medians {r['of_medians']:.2f}x")
             gfl = s["flops_per_iter"] / 1e9 if s.get("flops_per_iter") else None
             lo, hi = s["real_images_per_s_range"]
             params = f"{s['params'] / 1e6:.2f}M" if s.get("params") else "-"
