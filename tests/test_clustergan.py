@@ -1,6 +1,7 @@
 """ClusterGAN: nets for every supported input shape, losses, prior, the training schedule, clustering
 of new data (argmax, k-means on the latent, Algorithm 1), figures and a smoke fit through train.py."""
 
+import csv
 import json
 
 import numpy as np
@@ -368,6 +369,21 @@ def test_gradient_penalty_skips_the_zero_second_derivative_branch(bf16, img_shap
     assert any(ours[n] is None and theirs[n] is not None for n in theirs)  # the branch existed, and is gone
     x = torch.rand(3, *img_shape, requires_grad=True)  # outside the penalty: the plain op
     assert type(critic.body(x).grad_fn).__name__ == type(native.body(x).grad_fn).__name__
+
+
+def test_step_logs_reach_the_logger_only_in_the_batches_it_writes(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ClusterGAN, "log_dict", lambda self, logs, **kw: (calls.append(dict(logs)),
+                                                                       super(ClusterGAN, self).log_dict(logs, **kw)))
+    cfg = composed(["dataset=digits", "trainer=smoke", "trainer.limit_train_batches=12", "trainer.max_epochs=1",
+                    "trainer.log_every_n_steps=4", "callbacks.evaluator.every_n_epochs=0", "method.batch_size=32",
+                    "method.n_critic=3", *TINY_OVERRIDES], tmp_path)
+    assert run(cfg)["method_info"]["critic_steps"] == 12
+    assert len(calls) == 3  # batches 4, 8 and 12 of 12 (not every batch)
+    rows = [r for r in csv.DictReader((tmp_path / "csv" / "metrics.csv").open()) if r.get("train/loss_d")]
+    assert [int(r["step"]) for r in rows] == [3, 7, 11]
+    # the last generator update's losses ride along with a written batch that had no generator update (batch 4)
+    assert all(r["train/loss_g"] and r["train/loss_zc"] for r in rows)
 
 
 def test_synthetic_smoke_fit(tmp_path):

@@ -334,8 +334,9 @@ class CGM(ClusteringMethod):
         self.iterations += 1
         self._t += 1
         self._confidence.append(post.max(1).values.mean().detach())
-        self.log_dict({"train/loss": loss.detach(), "train/mse": resid.detach().mean() / x[0].numel(),
-                       "train/z_norm": z.norm(dim=1).mean()}, on_step=True, on_epoch=False, batch_size=len(x))
+        if self.logs_this_step():
+            self.log_dict({"train/loss": loss.detach(), "train/mse": resid.detach().mean() / x[0].numel(),
+                           "train/z_norm": z.norm(dim=1).mean()}, on_step=True, on_epoch=False, batch_size=len(x))
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

@@ -168,6 +168,7 @@ class ClusterGAN(ClusteringMethod):
         self._critic_calls = 0
         self._gp_calls = 0
         self._g_cast: CastWeights | None = None  # G's bf16 weights for the critic steps' fakes (built lazily)
+        self._g_logs: dict[str, Tensor] = {}  # the last generator update's losses, logged with the next written batch
 
     # --------------------------------------------------------------------------------- prior
     def sample_z(self, n: int, cluster: Tensor | int | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -317,8 +318,10 @@ class ClusterGAN(ClusteringMethod):
             self.gen_steps += 1
             if self.ema_decay > 0:
                 self._update_ema(self._critic_calls // self.n_critic)
-            logs.update(logs_g)
-        self.log_dict(logs, on_step=True, on_epoch=False, prog_bar=False, batch_size=real.shape[0])
+            self._g_logs = logs_g
+        if self.logs_this_step():
+            self.log_dict({**logs, **self._g_logs}, on_step=True, on_epoch=False, prog_bar=False,
+                          batch_size=real.shape[0])
 
     # ---------------------------------------------------------------------------- inference
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

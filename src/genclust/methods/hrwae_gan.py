@@ -228,9 +228,10 @@ class HRWAEGAN(ClusteringMethod):
         match = self.layer_matching(out)
         loss = recon + self.adversarial_weight * g_loss + self.layer_matching_weight * match
         self.update("autoencoder", loss)
-        self.log_dict({"train/recon": recon.detach(), "train/adv_g": g_loss.detach(), "train/adv_d": d_loss.detach(),
-                       "train/layer_match": match.detach(), "train/loss": loss.detach()},
-                      on_step=True, on_epoch=False, batch_size=len(x))
+        if self.logs_this_step():
+            self.log_dict({"train/recon": recon.detach(), "train/adv_g": g_loss.detach(),
+                           "train/adv_d": d_loss.detach(), "train/layer_match": match.detach(),
+                           "train/loss": loss.detach()}, on_step=True, on_epoch=False, batch_size=len(x))
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()

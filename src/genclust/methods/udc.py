@@ -151,6 +151,7 @@ class UDC(ClusteringMethod):
         self._critic_in_cycle = 0
         self._critic_calls = 0
         self._last_gp = torch.zeros(())
+        self._next_real_diag = 0  # generator step from which the next written log also holds the real-batch diagnostics
         self._fakes: dict[str, list[Any]] | None = None
 
     # ------------------------------------------------------------------ schedule
@@ -358,6 +359,8 @@ class UDC(ClusteringMethod):
 
     def _log_step(self, loss_d: Tensor, w: Tensor, gp: Tensor, loss_c: Tensor, loss_g: Tensor, ce: Tensor,
                   logits: Tensor, y: Tensor, eta: float, real: Tensor) -> None:
+        if not self.logs_this_step():  # the loggers write every log_every_n_steps batches; skip the rest
+            return
         n = len(y)
         logs = {
             "train/loss_d": loss_d.detach(), "train/gp": gp, "train/loss_c": loss_c.detach(),
@@ -367,8 +370,8 @@ class UDC(ClusteringMethod):
             "train/entropy_fake": mean_entropy(logits),  # E H(q(y|x)) on fakes (Fig. 3 a/e)
             "train/fake_acc": (logits.argmax(1) == y).float().mean(),  # fake classifying accuracy
         }
-        every = max(int(self.hparams.diag_every), 1)
-        if self._t % every == 0:
+        if self._t >= self._next_real_diag:
+            self._next_real_diag = self._t + max(int(self.hparams.diag_every), 1)
             with torch.no_grad():
                 real_logits = self.classifier(real).float()
             logs["train/entropy_real"] = mean_entropy(real_logits)  # E H(q(y|x)) on real data
