@@ -210,8 +210,22 @@ class Recorder:
         self.opts[name].step()
         self.game.zero_grad(set_to_none=True)
 
-    def log_dict(self, *args, **kwargs):
+    def log_epoch_mean(self, logs):
         pass
+
+
+def test_per_batch_losses_are_logged_as_epoch_means_at_the_epoch_end(monkeypatch):
+    m = make()
+    logged = []
+    monkeypatch.setattr(m, "log_dict", lambda logs, **kw: logged.append(({k: float(v) for k, v in logs.items()}, kw)))
+    first = torch.tensor(1.0)
+    m.log_epoch_mean({"train/a": first, "train/b": 2.0})
+    m.log_epoch_mean({"train/a": torch.tensor(3.0), "train/b": 5.0})
+    assert logged == [] and float(first) == 1.0  # nothing reaches Lightning per batch; the inputs stay as they were
+    m._log_epoch_means()
+    assert logged == [({"train/a": 2.0, "train/b": 3.5}, {"on_step": False, "on_epoch": True})]
+    m._log_epoch_means()  # the sums restart with the next epoch
+    assert len(logged) == 1
 
 
 def test_raw_split_players_and_gradients():

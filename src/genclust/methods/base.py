@@ -91,6 +91,8 @@ class ClusteringMethod(pl.LightningModule):
         # Accumulates "some loss was not finite" without a host sync per step.
         self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
         self._nonfinite_names: list[str] = []
+        self._epoch_sums: dict[str, Tensor] = {}  # log_epoch_mean's running sums (on the device) and counts
+        self._epoch_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ contract
     def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:  # pragma: no cover - abstract
@@ -206,6 +208,22 @@ class ClusteringMethod(pl.LightningModule):
             return True
         return bool(trainer._logger_connector.should_update_logs) or bool(trainer.fast_dev_run)
 
+    def log_epoch_mean(self, logs: Mapping[str, Tensor | float]) -> None:
+        """Add one batch's values to this epoch's running sums, kept on the device (no host sync); their means
+        are logged at the epoch's end, the numbers ``log_dict(on_epoch=True)`` reports for equal batches, without
+        Lightning's per-batch, per-value bookkeeping (~3% of a budget HC-MGAN raw-split step)."""
+        for key, value in logs.items():
+            value = torch.as_tensor(value, device=self.device).detach().float()
+            total = self._epoch_sums.get(key)
+            self._epoch_sums[key] = value.clone() if total is None else total.add_(value)
+            self._epoch_counts[key] = self._epoch_counts.get(key, 0) + 1
+
+    def _log_epoch_means(self) -> None:
+        if self._epoch_sums:
+            self.log_dict({key: total / self._epoch_counts[key] for key, total in self._epoch_sums.items()},
+                          on_step=False, on_epoch=True)
+        self._epoch_sums, self._epoch_counts = {}, {}
+
     def watch_loss(self, name: str, loss: Tensor) -> None:
         """Record (without a device sync) whether ``loss`` is finite."""
         bad = ~torch.isfinite(loss.detach()).all()
@@ -220,6 +238,7 @@ class ClusteringMethod(pl.LightningModule):
             self.raise_if_diverged()
 
     def on_train_epoch_end(self) -> None:
+        self._log_epoch_means()
         self.raise_if_diverged()
         self.sync_example_state()  # every rank reads every row's latest value next epoch
 

@@ -69,7 +69,7 @@ class GameSettings:
 
 class Method(Protocol):  # what a game calls back (the LightningModule, or a test's stand-in)
     def update(self, name: str, loss: Tensor) -> None: ...
-    def log_dict(self, metrics: dict[str, Any], **kwargs: Any) -> None: ...
+    def log_epoch_mean(self, logs: dict[str, Any]) -> None: ...
 
 
 # ----------------------------------------------------------------------------- game helpers
@@ -169,9 +169,8 @@ class RawSplitGame(nn.Module):
         method.update("generator", loss_g)
 
         acc_c = (c_logits.argmax(1) == labels).float().mean()
-        method.log_dict({"train/loss_d": loss_d.detach(), "train/loss_c": loss_c.detach(),
-                         "train/loss_g": loss_g.detach(), "train/acc_c": acc_c},
-                        on_step=False, on_epoch=True, prog_bar=False)
+        method.log_epoch_mean({"train/loss_d": loss_d.detach(), "train/loss_c": loss_c.detach(),
+                               "train/loss_g": loss_g.detach(), "train/acc_c": acc_c})
 
     @torch.no_grad()
     def collapse_scores(self, noise: float, device: torch.device) -> list[float]:
@@ -289,7 +288,7 @@ class RefinementGame(nn.Module):
             logs[f"train/loss_c_{own}"] = loss_c.detach()
             logs[f"train/loss_g_{own}"] = loss_g.detach()
             logs[f"train/acc_c_{own}"] = (c_logits.argmax(1) == c_labels).float().mean()
-        method.log_dict(logs, on_step=False, on_epoch=True, prog_bar=False)
+        method.log_epoch_mean(logs)
 
     @torch.no_grad()
     def collapse_scores(self, noise: float, device: torch.device) -> list[float]:
