@@ -200,9 +200,9 @@ class ClusteringMethod(pl.LightningModule):
 
     def logs_this_step(self) -> bool:
         """Whether the loggers write this training batch's ``on_step`` values (every ``trainer.log_every_n_steps``
-        batches, and at the stop). Per-step ``log_dict`` calls in the other batches cost ~5% of a quarter-width
-        ClusterGAN step and reach no logger, so methods that log only ``on_step`` skip them (training is
-        unchanged; ``on_epoch`` means need every batch and stay). True outside a trainer."""
+        batches, and at the stop). ``log_dict`` calls in the other batches reach no logger and cost 2-12% of a
+        budget step (RESULTS.md, "Lightning's per-batch logging"), so methods that log only ``on_step`` skip
+        them; training is unchanged. True outside a trainer."""
         trainer = self._trainer
         if trainer is None:
             return True
@@ -236,6 +236,9 @@ class ClusteringMethod(pl.LightningModule):
         every = max(self.divergence_check_every, 1)
         if (batch_idx + 1) % every == 0:
             self.raise_if_diverged()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_sums, self._epoch_counts = {}, {}  # an epoch cut short (a stopped stage fit) leaves nothing behind
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_means()
