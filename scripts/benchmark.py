@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    from genclust.precision import trainer_precision
     from genclust.train import CONFIG_DIR, build_datamodule, check_overrides
 
     error = check_overrides(args.overrides)
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     total = args.warmup + args.steps
     trainer_cfg = dict(cfg.trainer)
+    # as train.py: a bf16 trainer precision runs "32-true" on a CPU where bf16 is not faster (genclust.precision)
+    trainer_cfg["precision"] = trainer_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
     trainer_cfg.update(max_epochs=10**6, max_time=None, limit_train_batches=None, max_steps=-1,
                        enable_progress_bar=False, enable_checkpointing=False, logger=False, callbacks=[StepTimer()])
 
@@ -103,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         "ms_per_step_mean": round(1000 * mean, 2),
         "ms_per_step_median": round(1000 * statistics.median(timed), 2),
         "real_images_per_s": round(datamodule.batch_size / mean, 1),
+        "precision": str(trainer.precision),  # what ran, after the bf16 fallback
+        "autocast": method.describe().get("autocast", "none"),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

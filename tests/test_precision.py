@@ -56,6 +56,45 @@ def test_native_bf16_is_kept(cpu_with_bf16):
     assert precision.trainer_precision("bf16-mixed", "cpu") == "bf16-mixed"
 
 
+@pytest.fixture
+def x86_cpu(monkeypatch):
+    """An x86 CPU whose bf16 instructions and measured bf16 speed the test sets; the decision is re-made."""
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(precision, "_warned", set())
+    monkeypatch.delenv(precision.ENV_FORCE, raising=False)
+    precision.cpu_has_native_bf16.cache_clear()
+    yield
+    precision.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "speedup", "expected"), [
+    (True, False, 0.61, False),  # the Intel VM of 2026-12-07: AVX512-BF16 without AMX, bf16 matmul 0.61x float32
+    (True, False, 2.2, True),    # the AMD host of 2026-12-03: the same instructions, 2.2x float32
+    (True, True, 0.0, True),     # AMX: fast without measuring (the speedup is never read)
+    (False, False, 9.9, False),  # AVX2 / AVX512 without BF16: emulated, never measured
+])
+def test_bf16_is_used_where_it_measures_faster(x86_cpu, monkeypatch, avx512_bf16, amx, speedup, expected):
+    monkeypatch.setattr(precision, "_cpu_bf16_instructions", lambda: (avx512_bf16, amx))
+    measured = []
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: measured.append(1) or speedup)
+    assert precision.cpu_has_native_bf16() is expected
+    assert bool(measured) == (avx512_bf16 and not amx)
+
+
+def test_slow_bf16_warning_names_the_measured_speed(x86_cpu, monkeypatch, caplog):
+    monkeypatch.setattr(precision, "_cpu_bf16_instructions", lambda: (True, False))
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.61)
+    with caplog.at_level(logging.WARNING, logger="genclust"):
+        assert not precision.use_bf16("cpu", "method.autocast")
+    assert "0.61x float32" in caplog.text and "running float32" in caplog.text
+
+
+def test_bf16_speed_measurement_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    assert precision.cpu_bf16_speedup.__wrapped__() > 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_trainer_precision(cpu_without_bf16):
     assert precision.trainer_precision("bf16-mixed", "cpu") == "32-true"
     assert precision.trainer_precision("32-true", "cpu") == "32-true"
