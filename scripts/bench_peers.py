@@ -268,6 +268,9 @@ def summarize(case: str, runs: list[dict[str, Any]], peaks: dict[str, float]) ->
            "flops_per_iter": flops, "params": runs[0].get("params"), "repeats": len(runs),
            "iters_timed": [r["iters_timed"] for r in runs], "torch": runs[0].get("torch"),
            "threads": runs[0].get("threads")}
+    if runs[0].get("autocast") is not None:  # genclust's side: the precision that ran
+        out["ran"] = "bf16 autocast" if runs[0]["autocast"] == "bf16" or str(runs[0].get("precision")).startswith(
+            "bf16") else "float32"
     if flops:
         achieved = flops / med
         out["achieved_gflops"] = achieved / 1e9
@@ -329,7 +332,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "s/iteration: per process the median over its timed iterations (data loading included); img/s at "
               "the median; FLOP/it: torch.utils.flop_counter formulas (matmul/conv, forward + backward; elementwise, "
               "norms and optimizer steps not counted) on one iteration; MFU = FLOP/it / (s/it) / matmul peak.",
-              "", "Differences left between the two sides (after the overrides below):"]
+              ""]
+    ran = {case: res["genclust"]["ran"] for case, res in report["cases"].items() if res.get("genclust", {}).get("ran")}
+    if ran:
+        lines += ["genclust ran: " + ", ".join(f"{case} {how}" for case, how in ran.items()) + " (a bf16 request runs "
+                  "float32 on a CPU where bf16 is not faster: genclust.precision); the peers run float32.", ""]
+    lines += ["Differences left between the two sides (after the overrides below):"]
     for case in report["cases"]:
         for m in MISMATCHES[case]:
             lines.append(f"- {case}: {m}")
@@ -429,6 +437,9 @@ def child_genclust(args: argparse.Namespace) -> dict[str, Any]:
         if calls[0] == 0:
             info["params"] = n_params([module])
             info["method"] = type(module).__name__
+            # what ran: a bf16 request runs float32 where bf16 is not faster (genclust.precision)
+            info["autocast"] = module.describe().get("autocast", "none")
+            info["precision"] = str(module.trainer.precision)
             hp = module.hparams
             if case == "clustergan":
                 steps_per_iter[0] = int(module.n_critic)
@@ -461,7 +472,7 @@ def child_genclust(args: argparse.Namespace) -> dict[str, Any]:
             "iter_s": rec.timed(),
             "flops_per_iter": rec.flops, "images_per_iter": [real, every], "params": info["params"],
             "hp": info["hp"], "steps_per_iter": steps_per_iter[0], "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "autocast": info.get("autocast"), "precision": info.get("precision")}
 
 
 def _start_genclust_at_refinement() -> None:

@@ -129,12 +129,13 @@ def test_images_per_iteration_and_overrides():
 
 
 def test_markdown_table_has_both_sides_the_ratio_and_the_mismatches():
-    def run(s, flops):
+    def run(s, flops, **ran):
         return {"s_per_iter_median": s, "images_per_iter": [100, 300], "peak_rss_kib": 2 ** 20, "iters_timed": 5,
-                "flops_per_iter": flops, "params": 7803141, "torch": "x", "threads": 2}
+                "flops_per_iter": flops, "params": 7803141, "torch": "x", "threads": 2, **ran}
 
     peaks = {"fp32": 100e9, "bf16": 200e9, "n": 2048}
-    g = bp.summarize("hc_raw", [run(1.0, 50e9), run(1.2, 50e9)], peaks)
+    fallback = {"autocast": "none", "precision": "32-true"}  # bf16 requested, float32 ran (genclust.precision)
+    g = bp.summarize("hc_raw", [run(1.0, 50e9, **fallback), run(1.2, 50e9, **fallback)], peaks)
     p = bp.summarize("hc_raw", [run(2.0, 60e9), run(2.4, 60e9)], peaks)
     assert g["s_per_iter"]["median"] == pytest.approx(1.1) and g["mfu_fp32"] == pytest.approx(50 / 1.1 / 100)
     report = {"host": bp.host_info(), "peak_gflops": peaks, "torch": "x", "threads": 2, "repeats": 2,
@@ -147,6 +148,7 @@ def test_markdown_table_has_both_sides_the_ratio_and_the_mismatches():
     # paired per repeat: 2.0, 1.67, 2.36 -> median 2.0; of medians: 2.2 / 1.1
     assert "dmdmello/HC-MGAN" in md and "**2.00x** (1.67-2.36); of medians 2.00x" in md
     assert md.count("- hc_raw:") == len(bp.MISMATCHES["hc_raw"]) and "avx512_bf16" in md
+    assert "genclust ran: hc_raw float32" in md and "ran" not in p  # the peer side records no precision
 
 
 def test_peer_data_layout_from_flat_idx_files(tmp_path):
