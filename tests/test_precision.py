@@ -70,6 +70,7 @@ def x86_cpu(monkeypatch):
 @pytest.mark.parametrize(("avx512_bf16", "amx", "speedup", "expected"), [
     (True, False, 0.61, False),  # the Intel VM of 2026-12-07: AVX512-BF16 without AMX, bf16 matmul 0.61x float32
     (True, False, 2.2, True),    # the AMD host of 2026-12-03: the same instructions, 2.2x float32
+    (True, False, 0.95, True),   # a loaded CPU hides the difference: an unclear reading keeps bf16, as before
     (True, True, 0.0, True),     # AMX: fast without measuring (the speedup is never read)
     (False, False, 9.9, False),  # AVX2 / AVX512 without BF16: emulated, never measured
 ])
