@@ -90,6 +90,20 @@ def test_slow_bf16_warning_names_the_measured_speed(x86_cpu, monkeypatch, caplog
     assert "0.61x float32" in caplog.text and "running float32" in caplog.text
 
 
+def test_a_run_records_the_measured_bf16_speed(x86_cpu, monkeypatch, tmp_path):
+    monkeypatch.setattr(precision, "_cpu_bf16_instructions", lambda: (True, False))
+    monkeypatch.setattr(precision, "_matmul_speedup", lambda: 0.61)
+    precision.cpu_bf16_speedup.cache_clear()
+    cfg = compose_cfg(["method=udc", "dataset=digits", "trainer=smoke", "trainer.precision=bf16-mixed",
+                       "trainer.limit_train_batches=2", "callbacks.evaluator.every_n_epochs=0",
+                       "method.autocast=bf16", *tiny_overrides()], output_dir=tmp_path)
+    try:
+        result = run(cfg)
+    finally:
+        precision.cpu_bf16_speedup.cache_clear()
+    assert result["precision"] == "32-true" and result["cpu_bf16_speedup"] == 0.61
+
+
 def test_bf16_speed_measurement_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
     assert precision.cpu_bf16_speedup.__wrapped__() > 0

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from genclust.errors import ConfigError, DivergenceError, GenclustError
-from genclust.precision import trainer_precision
+from genclust.precision import cpu_bf16_speedup, trainer_precision
 
 log = logging.getLogger("genclust")
 
@@ -105,7 +105,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    # a bf16 trainer precision becomes "32-true" on a CPU that only emulates bf16 (~10x slower there)
+    # a bf16 trainer precision becomes "32-true" on a CPU that only emulates bf16 (~10x slower there) or where a
+    # start-up matmul measures bf16 clearly slower (genclust.precision)
     precision = trainer_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     # a progress bar in a terminal; in CI / nohup / a cluster job a log line with ETA every few seconds
     progress = cfg.get("progress") or {}
@@ -144,6 +145,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer is not None:
         extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step,
                      precision=str(trainer.precision))
+        if cpu_bf16_speedup.cache_info().currsize:  # measured in this process: why bf16 did or did not run
+            extra["cpu_bf16_speedup"] = round(cpu_bf16_speedup(), 3)
         # the method's own losses as last logged (a sweep may minimise one: optimized_metric=train/<loss>)
         extra.update({k: float(v) for k, v in sorted(trainer.callback_metrics.items())
                       if k.startswith("train/") and v.numel() == 1})
