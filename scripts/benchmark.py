@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     total = args.warmup + args.steps
     trainer_cfg = dict(cfg.trainer)
     # as train.py: a bf16 trainer precision runs "32-true" on a CPU where bf16 is not faster (genclust.precision)
-    trainer_cfg["precision"] = trainer_precision(trainer_cfg.get("precision"), trainer_cfg.get("accelerator"))
+    if trainer_cfg.get("precision") is not None:
+        trainer_cfg["precision"] = trainer_precision(trainer_cfg["precision"], trainer_cfg.get("accelerator"))
     trainer_cfg.update(max_epochs=10**6, max_time=None, limit_train_batches=None, max_steps=-1,
                        enable_progress_bar=False, enable_checkpointing=False, logger=False, callbacks=[StepTimer()])
 
