@@ -497,3 +497,109 @@ def test_a_massless_child_skips_the_refinements(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="skipping the remaining refinements"):
         m.fit_method(trainer_factory(tmp_path, calls=calls), digits_dm(m))
     assert calls == [None, 1] and m.tree.n_leaves == 2  # the probe, then the raw split only
+
+
+# ------------------------------------------------------------------------------ the tree's budget
+def test_stage_plan_mirrors_the_stage_fits():
+    """The clock's projection plans a stage as _run_stage does: epochs of floor(mass / batch) iterations
+    (refinements: mass / 2), at least min_iters."""
+    from genclust.methods.hc_mgan.clock import split_iterations, stage_epochs
+    from genclust.methods.hc_mgan.settings import RawSplit, Refinement
+
+    raw, ref = RawSplit(epochs=35, min_iters=2500), Refinement(count=2, epochs=6, min_iters=300)
+    assert stage_epochs(10_000, "raw", raw, 50) == (35, 200)  # the budget tree's root: 7,000 iterations
+    assert stage_epochs(3_000, "raw", raw, 50) == (42, 60)  # 35 x 60 < 2,500: the floor decides
+    assert stage_epochs(10_000, "refine", ref, 50) == (6, 100)
+    assert split_iterations(10_000, raw, ref, 50) == {"raw": 7000, "refine": 1200}
+    assert split_iterations(10_000, raw, ref, 50, from_stage=2) == {"raw": 0, "refine": 600}
+    m = make(k=3)
+    dm = digits_dm(m)
+    n = float(len(dm.fit_set))
+    assert stage_epochs(n, "raw", m.raw, dm.batch_size)[1] == dm.batches_per_epoch(torch.ones(len(dm.fit_set)))
+    assert stage_epochs(n, "refine", m.ref, dm.batch_size)[1] == dm.batches_per_epoch(torch.full((len(dm.fit_set),), 0.5))
+
+
+def test_remaining_work_splits_the_heaviest_leaf_next():
+    from genclust.methods.hc_mgan.clock import remaining_iterations
+    from genclust.methods.hc_mgan.settings import RawSplit, Refinement
+
+    raw, ref = RawSplit(epochs=1), Refinement(count=1, epochs=1)
+    # root (mass 800, batch 100) before its raw split; one later split, of a child of 400 (halves assumed)
+    work = remaining_iterations([], 800.0, None, 0, 1, 0.5, raw, ref, 100)
+    assert work == {"raw": 8 + 4, "refine": 4 + 2}
+    # children known (700 / 100), its refinement left, two later splits: 700, then the heavier of 630 / 100 / 70
+    work = remaining_iterations([], 800.0, (700.0, 100.0), 1, 2, 0.1, raw, ref, 100)
+    assert work == {"raw": 7 + 6, "refine": 4 + 3 + 3}
+
+
+def test_clock_paces_only_when_the_rest_does_not_fit():
+    from genclust.methods.hc_mgan.clock import REFINE_COST_GUESS, TreeClock, max_time_string, paced_epochs
+
+    clock = TreeClock(100.0)
+    assert clock.pace({"raw": 10**9, "refine": 0}) == 1.0  # nothing timed yet: the first stage runs as planned
+    clock.record("raw", 10.0, 100)  # 0.1 s per raw iteration
+    assert clock.seconds_per_iteration("refine") == pytest.approx(0.1 * REFINE_COST_GUESS)
+    assert clock.pace({"raw": 100, "refine": 100}) == 1.0
+    left = clock.left()
+    assert clock.pace({"raw": 2000, "refine": 0}) == pytest.approx(left / 200.0, rel=1e-3)
+    assert paced_epochs(35, 1.0) == 35 and paced_epochs(35, 0.5) == 17 and paced_epochs(35, 0.001) == 1
+    assert max_time_string(0.2) == "00:00:00:01" and max_time_string(90061.5) == "01:01:01:02"
+
+
+class IterationClock:
+    """A TreeClock whose time is the iterations run, 0.1 s each: pacing that does not depend on the host."""
+
+    def __new__(cls, budget_s):
+        from genclust.methods.hc_mgan.clock import TreeClock
+
+        class Fake(TreeClock):
+            spent = 0.0
+
+            def record(self, kind, seconds, iterations):
+                super().record(kind, 0.1 * iterations, iterations)
+                self.spent += 0.1 * iterations
+
+            def elapsed(self):
+                return self.spent
+
+        return Fake(budget_s)
+
+
+def budget_trainer_factory(root, max_time, calls):
+    def make_trainer(**overrides):
+        calls.append((overrides.get("max_epochs"), overrides.get("max_time")))
+        kwargs = dict(accelerator="cpu", max_epochs=1000, max_time=max_time, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(root))
+        return pl.Trainer(**{**kwargs, **overrides})
+    return make_trainer
+
+
+def grow_on_fake_budget(budget_s, root, monkeypatch):
+    from genclust.methods.hc_mgan import module
+
+    monkeypatch.setattr(module, "TreeClock", lambda _max_time_s: IterationClock(budget_s))
+    m = make(k=3, raw={"epochs": 4}, ref={"count": 1, "epochs": 4})
+    calls = []
+    m.fit_method(budget_trainer_factory(root, "00:01:00:00", calls), digits_dm(m))
+    return m, [e for e, _ in calls[1:]], [t for _, t in calls[1:]]
+
+
+def test_trainer_max_time_is_the_whole_trees_budget(tmp_path, monkeypatch):
+    """Stages are paced so the whole tree fits trainer.max_time; a budget that fits changes nothing."""
+    # batch 32 on 1,437 digits: the root's raw split is 4 x 44 iterations (17.6 s at 0.1 s each), its refinement
+    # 4 x 22; the whole tree ~48 s (refinement iterations cost 0.1 s here, the projection guesses 0.2 at first)
+    roomy, epochs, caps = grow_on_fake_budget(10_000.0, tmp_path / "roomy", monkeypatch)
+    assert roomy.tree.n_leaves == 3 and epochs == [4, 4, 4, 4]
+    assert [s["pace"] for s in roomy.tree.splits] == [[1.0, 1.0], [1.0, 1.0]]
+    assert roomy.tree.splits[0]["iterations"] == [4 * 44, 4 * 22]
+    assert all(cap is not None for cap in caps)  # the time left caps every stage fit
+    # 32.6 s: after the root's raw split 15 s are left for ~35 s of projected work. The next stage is cut; each
+    # later one is re-planned from the pace measured so far (the refinements turn out cheaper than guessed)
+    tight, epochs, caps = grow_on_fake_budget(32.6, tmp_path / "tight", monkeypatch)
+    paces = [p for s in tight.tree.splits for p in s["pace"]]
+    assert tight.tree.n_leaves == 3 and epochs[0] == 4 and paces[0] == 1.0 and paces[1] < 0.5 and min(paces[2:]) < 1
+    assert epochs[1:] == [max(1, int(4 * p)) if p < 1 else 4 for p in paces[1:]]
+    assert tight.tree.splits[0]["iterations"][1] == epochs[1] * 22
+    assert caps[0] == "00:00:00:33" and caps[1] == "00:00:00:15"  # what is left of the budget, rounded up
+    spent = 0.1 * sum(n for s in tight.tree.splits for n in s["iterations"])
+    assert spent <= 32.6 < 0.1 * sum(n for s in roomy.tree.splits for n in s["iterations"])

@@ -8,6 +8,8 @@ fit set's membership vectors are re-estimated with the fit's classifier(s); the 
 classifiers, leaf generators, metadata) is written to ``<root>/tree/`` after every stage and is part of
 ``state_dict``, so a run restarted in the same folder resumes at the first unfinished stage and a
 checkpoint clusters new data. The per-K curve: one tree-cut read-out ``k<k>`` per number of leaves.
+``trainer.max_time`` is the budget of the whole tree, not of one stage fit: stages are paced to it
+(``hc_mgan/clock.py``).
 
 Choices beyond the paper are documented where they are made and in ``configs/method/hc_mgan.yaml``.
 """
@@ -24,11 +26,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from genclust.errors import ConfigError
 from genclust.methods.base import ClusteringMethod
+from genclust.methods.hc_mgan.clock import TreeClock, max_time_string, paced_epochs, remaining_iterations
 from genclust.methods.hc_mgan.games import (
     GameSettings,
     RawSplitGame,
@@ -105,6 +109,8 @@ class HCMGAN(ClusteringMethod):
         self._collapsed = False
         self._last_attempt = False
         self._store: TreeStore | None = None  # <root>/tree/ of the running fit_method
+        self._clock: TreeClock | None = None  # the tree's trainer.max_time budget, when it has one
+        self._batches_run = 0  # training steps of the running stage (all its attempts)
         self._progress = ""
 
     # ================================================================ nets
@@ -241,6 +247,7 @@ class HCMGAN(ClusteringMethod):
 
     def training_step(self, batch: Any, batch_idx: int) -> None:
         x, _idx = batch  # labels never reach training
+        self._batches_run += 1
         noise = self.noise_scale()
         with self.autocast():
             if self.game.kind == "raw":
@@ -292,13 +299,23 @@ class HCMGAN(ClusteringMethod):
         probe = make_trainer()
         quick = isinstance(probe.limit_train_batches, int) or probe.fast_dev_run
         cap = int(probe.max_epochs) if quick and probe.max_epochs and probe.max_epochs > 0 else None
+        timer = next((c for c in probe.callbacks if isinstance(c, Timer)), None)
+        budget_s = float(timer._duration) if timer is not None and timer._duration else None
 
         def stage_trainer(epochs: int) -> pl.Trainer:
-            return make_trainer(max_epochs=int(epochs) if cap is None else min(int(epochs), cap))
+            overrides: dict[str, Any] = {"max_epochs": int(epochs) if cap is None else min(int(epochs), cap)}
+            if self._clock is not None:  # what is left of the tree's budget caps the stage fit too
+                overrides["max_time"] = max_time_string(self._clock.left())
+            return make_trainer(**overrides)
 
         root = self.tree_dir or probe.default_root_dir or os.getcwd()
         self._store = TreeStore(Path(root) / "tree")
         self._restore(len(fit), ckpt_path)
+        self._clock = None
+        if budget_s is not None:  # stages already run (a resumed tree) count against the budget and set the pace
+            self._clock = TreeClock(budget_s)
+            for split in self.tree.splits:
+                self._clock_add_stages(split.get("seconds", []), split.get("iterations", []))
         trainer = probe
         try:
             while self.tree.n_leaves < self.n_clusters:
@@ -306,6 +323,9 @@ class HCMGAN(ClusteringMethod):
         finally:
             self._stage_weights = None
             self.game = None
+        if self._clock is not None:
+            rank_zero_info(f"HC-MGAN: tree grown in {self._clock.elapsed() / 60:.1f} min of its "
+                           f"{self._clock.budget_s / 60:.1f} (trainer.max_time)")
         rank_zero_info(f"HC-MGAN: tree complete with {self.tree.n_leaves} leaves ({self.tree.n_splits} splits)")
         return trainer
 
@@ -343,20 +363,23 @@ class HCMGAN(ClusteringMethod):
         trainer = None
         if state is None:
             state = {"split": j, "node": k, "stage": -1, "changes": [], "attempts": [], "seconds": [],
-                     "early_stopped": False, "done": False}
+                     "iterations": [], "pace": [], "early_stopped": False, "done": False}
         else:
             rank_zero_info(f"HC-MGAN: resuming split {j + 1}/{n_split_total} at stage {state['stage'] + 1}")
+            self._clock_add_stages(state["seconds"], state.get("iterations", []))
         while not state["done"]:
             t = state["stage"] + 1
             kind = "raw" if t == 0 else "refine"
             self._progress = (f"split {j + 1}/{n_split_total} (node {k}, mass {float(s_k.sum()):.1f}): "
                               + ("raw split" if t == 0 else f"refinement {t}/{ref.count}"))
-            rank_zero_info(f"HC-MGAN {self._progress}")
+            pace = self._pace(k, float(s_k.sum()), state, t, int(datamodule.batch_size))
+            rank_zero_info(f"HC-MGAN {self._progress}" + (f" at {pace:.2f}x its epochs (tree budget)" if pace < 1 else ""))
             start = time.perf_counter()
             s_l_prev = state.get("s_l")
             warm = state.get("game") if ref.warm_start == "refine" and kind == "refine" else None
+            self._batches_run = 0
             trainer, members, p_first, attempts = self._run_stage(kind, s_k, state.get("s_l"), state.get("s_m"),
-                                                                  next_trainer, datamodule, warm)
+                                                                  next_trainer, datamodule, warm, pace)
             s_l = p_first * s_k
             s_m = s_k - s_l
             gens = self.game.child_generators()
@@ -367,6 +390,10 @@ class HCMGAN(ClusteringMethod):
                 state["game"] = {"kind": kind, "state": cpu_state(self.game)}
             state["attempts"].append(attempts)
             state["seconds"].append(round(time.perf_counter() - start, 1))
+            state.setdefault("iterations", []).append(self._batches_run)
+            state.setdefault("pace", []).append(round(pace, 4))
+            if self._clock is not None:
+                self._clock.record(kind, state["seconds"][-1], self._batches_run)
             if s_l_prev is not None:
                 change = float((s_l - s_l_prev).abs().sum())
                 state["changes"].append(change)
@@ -390,9 +417,43 @@ class HCMGAN(ClusteringMethod):
         self._commit(state)
         return trainer
 
+    def _clock_add_stages(self, seconds: Sequence[float], iterations: Sequence[int]) -> None:
+        """Stages run before a restart: their time counts against the budget; their pace is measured."""
+        if self._clock is None:
+            return
+        self._clock.start -= float(sum(seconds))
+        for t, (sec, n) in enumerate(zip(seconds, iterations)):  # trees written before iterations were kept: none
+            self._clock.record("raw" if t == 0 else "refine", sec, n)
+
+    def _pace(self, node: int, node_mass: float, state: dict[str, Any], t: int, batch_size: int) -> float:
+        """Fraction of its epochs stage ``t`` of the split of ``node`` runs to keep the tree on its budget."""
+        if self._clock is None:
+            return 1.0
+        others = [self.tree.nodes[n]["mass"] for n in self.tree.leaves() if n != node]
+        children = (float(state["s_l"].sum()), float(state["s_m"].sum())) if "s_l" in state else None
+        later = self.n_clusters - 2 - self.tree.n_splits  # splits after this one
+        # Children not split yet are assumed to divide their parent as the tree's splits did so far.
+        shares = [min(s["masses"]) / sum(s["masses"]) for s in self.tree.splits if sum(s["masses"]) > 0]
+        share = sum(shares) / len(shares) if shares else 0.5
+        work = remaining_iterations(others, node_mass, children, t, later, share, self.raw, self.ref, batch_size)
+        pace = self._clock.pace(work)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank must run the same number of epochs: rank 0's clock decides
+            shared = torch.tensor([pace], dtype=torch.float64)
+            torch.distributed.broadcast(shared, src=0)
+            pace = float(shared)
+        if pace < 1.0 and not any(p < 1.0 for s in self.tree.splits for p in s.get("pace", [])) \
+                and not any(p < 1.0 for p in state.get("pace", [])):
+            need = self._clock.projected_s(work) or 0.0
+            rank_zero_warn(f"HC-MGAN: at this host's pace the rest of the tree needs ~{need / 60:.1f} min and "
+                           f"{self._clock.left() / 60:.1f} min of trainer.max_time are left: stages now run "
+                           f"{pace:.2f}x their epochs (re-planned every stage; their noise schedules anneal faster)")
+        return pace
+
     def _run_stage(self, kind: str, s_k: Tensor, s_l: Tensor | None, s_m: Tensor | None,
                    next_trainer: Callable[[int], pl.Trainer], datamodule: pl.LightningDataModule,
-                   warm: dict[str, Any] | None = None) -> tuple[pl.Trainer, list[SplitMember], Tensor, int]:
+                   warm: dict[str, Any] | None = None,
+                   pace: float = 1.0) -> tuple[pl.Trainer, list[SplitMember], Tensor, int]:
         stage = self.raw if kind == "raw" else self.ref
         max_attempts = self.collapse.max_attempts
         for attempt in range(1, max_attempts + 1):
@@ -411,7 +472,7 @@ class HCMGAN(ClusteringMethod):
             floor, epochs = stage.min_iters, stage.epochs
             per_epoch = datamodule.batches_per_epoch(self._stage_weights)
             stage_epochs = max(epochs, math.ceil(floor / per_epoch)) if floor > 0 else epochs
-            trainer = next_trainer(stage_epochs)
+            trainer = next_trainer(paced_epochs(stage_epochs, pace))
             self._collapsed = False
             self._last_attempt = attempt == max_attempts
             trainer.fit(self, datamodule=datamodule)

@@ -42,7 +42,7 @@ def commit_split(tree: Tree, state: dict[str, Any]) -> None:
         gens.append(side_gens)
     meta = {"refinements": state["stage"], "early_stopped": state["early_stopped"],
             "membership_changes": [round(c, 3) for c in state["changes"]], "attempts": state["attempts"],
-            "seconds": state["seconds"]}
+            "seconds": state["seconds"], "iterations": state.get("iterations", []), "pace": state.get("pace", [])}
     tree.commit_split(state["node"], state["s_l"], state["s_m"], members, gens[0], gens[1], meta)
 
 
