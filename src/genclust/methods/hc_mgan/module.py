@@ -439,7 +439,9 @@ class HCMGAN(ClusteringMethod):
         pace = self._clock.pace(work)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # every rank must run the same number of epochs: rank 0's clock decides
-            shared = torch.tensor([pace], dtype=torch.float64)
+            on_gpu = torch.distributed.get_backend() == "nccl"  # NCCL broadcasts device tensors only
+            shared = torch.tensor([pace], dtype=torch.float64,
+                                  device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
             torch.distributed.broadcast(shared, src=0)
             pace = float(shared)
         if pace < 1.0 and not any(p < 1.0 for s in self.tree.splits for p in s.get("pace", [])) \
