@@ -14,6 +14,7 @@ from omegaconf import OmegaConf, open_dict
 from genclust.data.datamodule import ClusteringDataModule
 from genclust.errors import ConfigError
 from genclust.methods.hc_mgan import HCMGAN, games
+from genclust.methods.hc_mgan.clock import TreeClock
 from genclust.methods.hc_mgan.games import RawSplitGame, RefinementGame, d_loss, instance_noise
 from genclust.methods.hc_mgan.tree import Tree
 from genclust.nets import hc_mgan as nets
@@ -533,7 +534,7 @@ def test_remaining_work_splits_the_heaviest_leaf_next():
 
 
 def test_clock_paces_only_when_the_rest_does_not_fit():
-    from genclust.methods.hc_mgan.clock import REFINE_COST_GUESS, TreeClock, max_time_string, paced_epochs
+    from genclust.methods.hc_mgan.clock import REFINE_COST_GUESS, max_time_string, paced_epochs
 
     clock = TreeClock(100.0)
     assert clock.pace({"raw": 10**9, "refine": 0}) == 1.0  # nothing timed yet: the first stage runs as planned
@@ -546,23 +547,17 @@ def test_clock_paces_only_when_the_rest_does_not_fit():
     assert max_time_string(0.2) == "00:00:00:01" and max_time_string(90061.5) == "01:01:01:02"
 
 
-class IterationClock:
+class IterationClock(TreeClock):
     """A TreeClock whose time is the iterations run, 0.1 s each: pacing that does not depend on the host."""
 
-    def __new__(cls, budget_s):
-        from genclust.methods.hc_mgan.clock import TreeClock
+    spent = 0.0
 
-        class Fake(TreeClock):
-            spent = 0.0
+    def record(self, kind, seconds, iterations):
+        super().record(kind, 0.1 * iterations, iterations)
+        self.spent += 0.1 * iterations
 
-            def record(self, kind, seconds, iterations):
-                super().record(kind, 0.1 * iterations, iterations)
-                self.spent += 0.1 * iterations
-
-            def elapsed(self):
-                return self.spent
-
-        return Fake(budget_s)
+    def elapsed(self):
+        return self.spent
 
 
 def budget_trainer_factory(root, max_time, calls):
