@@ -22,6 +22,12 @@ from pytorch_lightning.callbacks import Callback, Timer
 log = logging.getLogger("genclust")
 
 
+def budget_timer(trainer: pl.Trainer) -> Timer | None:
+    """Lightning's Timer of a trainer given ``max_time`` (``_duration`` = the budget in seconds), else None."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer if timer is not None and timer._duration else None
+
+
 def stdout_is_terminal() -> bool:
     try:
         return sys.stdout.isatty()
@@ -82,8 +88,8 @@ class LogProgress(Callback):
         per_epoch = elapsed / done if done > 0 else float("nan")
         max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         eta = (max_epochs - self._first_epoch - done) * per_epoch if max_epochs is not None else math.inf
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # Lightning's max_time
-        if timer is not None and timer._duration:
+        timer = budget_timer(trainer)
+        if timer is not None:
             eta = min(eta, max(timer._duration - timer.time_elapsed("train"), 0.0))
         parts = [f"epoch {epoch + 1}/{max_epochs or '?'}"]
         if batches_done is not None:

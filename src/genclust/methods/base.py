@@ -42,6 +42,7 @@ from genclust.errors import ConfigError, DivergenceError
 from genclust.latent import ExampleState
 from genclust.nets.blocks import eval_mode
 from genclust.precision import autocast, autocast_active, check_autocast, drop_stale_casts
+from genclust.progress import budget_timer
 from genclust.readouts import Readout
 
 NetFactory = Callable[..., nn.Module]
@@ -246,10 +247,7 @@ class ClusteringMethod(pl.LightningModule):
         self.sync_example_state()  # every rank reads every row's latest value next epoch
 
     def _timer(self) -> pl.callbacks.Timer | None:
-        trainer = self._trainer
-        timer = None if trainer is None else next(
-            (c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
-        return timer if timer is not None and timer._duration else None
+        return None if self._trainer is None else budget_timer(self._trainer)
 
     def time_budget_s(self) -> float | None:
         """The run's wall-clock budget (``trainer.max_time``) in seconds, or None."""

@@ -30,15 +30,19 @@ from genclust.methods.hc_mgan.settings import RawSplit, Refinement
 REFINE_COST_GUESS = 2.0
 
 
+def planned_epochs(stage: RawSplit | Refinement, per_epoch: int) -> int:
+    """A stage's epochs: ``stage.epochs``, more for light nodes so that it runs at least ``min_iters``
+    iterations (a budget knob)."""
+    if stage.min_iters > 0:
+        return max(stage.epochs, math.ceil(stage.min_iters / per_epoch))
+    return stage.epochs
+
+
 def stage_epochs(mass: float, kind: str, stage: RawSplit | Refinement, batch_size: int) -> tuple[int, int]:
     """(epochs, iterations per epoch) of a stage on a node of ``mass``, as ``HCMGAN._run_stage`` plans them:
-    an epoch is floor(mass / batch) iterations (refinements: floor(mass / (2 batch))), and the stage runs
-    at least ``min_iters`` iterations."""
+    an epoch is floor(mass / batch) iterations (refinements: floor(mass / (2 batch)))."""
     per_epoch = max(1, math.floor((mass if kind == "raw" else mass / 2.0) / batch_size))
-    epochs = stage.epochs
-    if stage.min_iters > 0:
-        epochs = max(epochs, math.ceil(stage.min_iters / per_epoch))
-    return epochs, per_epoch
+    return planned_epochs(stage, per_epoch), per_epoch
 
 
 def split_iterations(mass: float, raw: RawSplit, ref: Refinement, batch_size: int,
@@ -81,6 +85,7 @@ class TreeClock:
     start: float = field(default_factory=time.perf_counter)  # perf_counter() at the tree's time zero
     seconds: dict[str, float] = field(default_factory=lambda: {"raw": 0.0, "refine": 0.0})
     iterations: dict[str, int] = field(default_factory=lambda: {"raw": 0, "refine": 0})
+    paced: bool = False  # a stage was shortened (the warning is said once)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -93,6 +98,13 @@ class TreeClock:
         if iterations > 0:
             self.seconds[kind] += float(seconds)
             self.iterations[kind] += int(iterations)
+
+    def add_past_stages(self, seconds: list[float], iterations: list[int]) -> None:
+        """One split's stages run before a restart (stage 0 = its raw split): their time counts against the
+        budget and their pace is measured (trees saved before iterations were recorded: time only)."""
+        self.start -= float(sum(seconds))
+        for t, (sec, n) in enumerate(zip(seconds, iterations)):
+            self.record("raw" if t == 0 else "refine", sec, n)
 
     def seconds_per_iteration(self, kind: str) -> float | None:
         if self.iterations[kind] > 0:

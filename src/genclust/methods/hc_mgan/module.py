@@ -16,7 +16,6 @@ Choices beyond the paper are documented where they are made and in ``configs/met
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -26,13 +25,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from genclust.errors import ConfigError
 from genclust.methods.base import ClusteringMethod
-from genclust.methods.hc_mgan.clock import TreeClock, max_time_string, paced_epochs, remaining_iterations
+from genclust.methods.hc_mgan.clock import (
+    TreeClock,
+    max_time_string,
+    paced_epochs,
+    planned_epochs,
+    remaining_iterations,
+)
 from genclust.methods.hc_mgan.games import (
     GameSettings,
     RawSplitGame,
@@ -44,6 +48,7 @@ from genclust.methods.hc_mgan.settings import Collapse, Noise, RawSplit, Refinem
 from genclust.methods.hc_mgan.store import TreeStore, commit_split, cpu_state
 from genclust.methods.hc_mgan.tree import Tree
 from genclust.nets.hc_mgan import SplitMember, check_shape
+from genclust.progress import budget_timer
 from genclust.readouts import Readout, TreeCutReadout
 
 CUT_KEY = re.compile(r"readouts\.k(\d+)\._extra_state")
@@ -299,8 +304,7 @@ class HCMGAN(ClusteringMethod):
         probe = make_trainer()
         quick = isinstance(probe.limit_train_batches, int) or probe.fast_dev_run
         cap = int(probe.max_epochs) if quick and probe.max_epochs and probe.max_epochs > 0 else None
-        timer = next((c for c in probe.callbacks if isinstance(c, Timer)), None)
-        budget_s = float(timer._duration) if timer is not None and timer._duration else None
+        timer = budget_timer(probe)
 
         def stage_trainer(epochs: int) -> pl.Trainer:
             overrides: dict[str, Any] = {"max_epochs": int(epochs) if cap is None else min(int(epochs), cap)}
@@ -312,10 +316,10 @@ class HCMGAN(ClusteringMethod):
         self._store = TreeStore(Path(root) / "tree")
         self._restore(len(fit), ckpt_path)
         self._clock = None
-        if budget_s is not None:  # stages already run (a resumed tree) count against the budget and set the pace
-            self._clock = TreeClock(budget_s)
+        if timer is not None:  # stages already run (a resumed tree) count against the budget and set the pace
+            self._clock = TreeClock(float(timer._duration))
             for split in self.tree.splits:
-                self._clock_add_stages(split.get("seconds", []), split.get("iterations", []))
+                self._clock.add_past_stages(split.get("seconds", []), split.get("iterations", []))
         trainer = probe
         try:
             while self.tree.n_leaves < self.n_clusters:
@@ -366,7 +370,8 @@ class HCMGAN(ClusteringMethod):
                      "iterations": [], "pace": [], "early_stopped": False, "done": False}
         else:
             rank_zero_info(f"HC-MGAN: resuming split {j + 1}/{n_split_total} at stage {state['stage'] + 1}")
-            self._clock_add_stages(state["seconds"], state.get("iterations", []))
+            if self._clock is not None:
+                self._clock.add_past_stages(state["seconds"], state.get("iterations", []))
         while not state["done"]:
             t = state["stage"] + 1
             kind = "raw" if t == 0 else "refine"
@@ -417,14 +422,6 @@ class HCMGAN(ClusteringMethod):
         self._commit(state)
         return trainer
 
-    def _clock_add_stages(self, seconds: Sequence[float], iterations: Sequence[int]) -> None:
-        """Stages run before a restart: their time counts against the budget; their pace is measured."""
-        if self._clock is None:
-            return
-        self._clock.start -= float(sum(seconds))
-        for t, (sec, n) in enumerate(zip(seconds, iterations)):  # trees written before iterations were kept: none
-            self._clock.record("raw" if t == 0 else "refine", sec, n)
-
     def _pace(self, node: int, node_mass: float, state: dict[str, Any], t: int, batch_size: int) -> float:
         """Fraction of its epochs stage ``t`` of the split of ``node`` runs to keep the tree on its budget."""
         if self._clock is None:
@@ -444,8 +441,8 @@ class HCMGAN(ClusteringMethod):
                                   device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else None)
             torch.distributed.broadcast(shared, src=0)
             pace = float(shared)
-        if pace < 1.0 and not any(p < 1.0 for s in self.tree.splits for p in s.get("pace", [])) \
-                and not any(p < 1.0 for p in state.get("pace", [])):
+        if pace < 1.0 and not self._clock.paced:
+            self._clock.paced = True
             need = self._clock.projected_s(work) or 0.0
             rank_zero_warn(f"HC-MGAN: at this host's pace the rest of the tree needs ~{need / 60:.1f} min and "
                            f"{self._clock.left() / 60:.1f} min of trainer.max_time are left: stages now run "
@@ -470,11 +467,8 @@ class HCMGAN(ClusteringMethod):
                 # is the clock only: an epoch is floor(mass_k / (2 batch)) iterations (code refinement.py L73).
                 self._stage_weights = s_k / 2.0
                 self._real_cdf = {"l": torch.cumsum(s_l.double(), 0), "m": torch.cumsum(s_m.double(), 0)}  # float64: exact at 70k
-            # Budget knob: light nodes get at least this many iterations (more epochs of their short length).
-            floor, epochs = stage.min_iters, stage.epochs
             per_epoch = datamodule.batches_per_epoch(self._stage_weights)
-            stage_epochs = max(epochs, math.ceil(floor / per_epoch)) if floor > 0 else epochs
-            trainer = next_trainer(paced_epochs(stage_epochs, pace))
+            trainer = next_trainer(paced_epochs(planned_epochs(stage, per_epoch), pace))
             self._collapsed = False
             self._last_attempt = attempt == max_attempts
             trainer.fit(self, datamodule=datamodule)
