@@ -45,6 +45,14 @@ FLOPs per iteration / s per iteration / the matmul peak measured here with the s
 ``torch.mm``). genclust's side reuses ``scripts/benchmark.py`` (Hydra composition, the Lightning fit and its
 stop machinery).
 
+On a GPU (``--device cuda``): both sides train on the first CUDA device. The peers then run their own CUDA code
+unpatched (only the pandas option name is mapped); genclust's side adds ``trainer.accelerator=gpu
+trainer.devices=1``. Every iteration boundary waits for the device (``torch.cuda.synchronize``), so an iteration's
+time includes its queued kernels; the matmul peak is a ``torch.mm`` of ``--peak-n`` (default 8192 on CUDA) timed
+over groups of products, fp32 at the default TF32 setting (off unless a side turns it on) and bf16; each process
+also reports its peak CUDA memory (``torch.cuda.max_memory_allocated``). ``scripts/device_check.sh`` runs this on a
+lent GPU machine.
+
 Architecture: identical on both sides with the overrides in ``GENCLUST_OVERRIDES`` (equal parameter counts in
 the table, up to the port's BatchNorm gammas). For ClusterGAN that means genclust's D/E at the port's unpadded
 convs (``method.nets.critic.conv_padding=valid``); genclust's default is the paper's 'SAME' padding, and
@@ -268,6 +276,8 @@ def summarize(case: str, runs: list[dict[str, Any]], peaks: dict[str, float]) ->
            "flops_per_iter": flops, "params": runs[0].get("params"), "repeats": len(runs),
            "iters_timed": [r["iters_timed"] for r in runs], "torch": runs[0].get("torch"),
            "threads": runs[0].get("threads")}
+    if runs[0].get("peak_device_bytes") is not None:
+        out["peak_device_gib"] = max(r["peak_device_bytes"] for r in runs) / 2**30
     if runs[0].get("autocast") is not None:  # genclust's side: the precision that ran
         out["ran"] = "bf16 autocast" if runs[0]["autocast"] == "bf16" or str(runs[0].get("precision")).startswith(
             "bf16") else "float32"
@@ -296,16 +306,20 @@ def speed_ratios(side: dict[str, Any], peer: dict[str, Any], side_runs: list[dic
 
 def markdown(report: dict[str, Any]) -> str:
     h, peaks = report["host"], report["peak_gflops"]
+    on_gpu = peaks.get("device") == "cuda"
+    where = (f"GPU {peaks.get('gpu')} (fp32 matmul TF32 {'on' if peaks.get('tf32') else 'off'}); " if on_gpu else "")
     lines = [
-        f"Host: {h['cpu']}, {h['logical_cpus']} logical CPUs, avx512_bf16 {'yes' if h['avx512_bf16'] else 'no'}, "
-        f"amx {'yes' if h['amx_tile'] else 'no'}; torch {report['torch']}, {report['threads']} threads; matmul peak "
-        f"fp32 {fmt(peaks.get('fp32', 0) / 1e9, 1)} GFLOP/s, bf16 {fmt(peaks.get('bf16', 0) / 1e9, 1)} GFLOP/s "
-        f"(torch.mm {peaks.get('n')}x{peaks.get('n')}, best repetition). {report['repeats']} repeats, alternating "
+        f"{where}Host: {h['cpu']}, {h['logical_cpus']} logical CPUs, avx512_bf16 "
+        f"{'yes' if h['avx512_bf16'] else 'no'}, amx {'yes' if h['amx_tile'] else 'no'}; torch {report['torch']}, "
+        f"{report['threads']} threads; matmul peak fp32 {fmt(peaks.get('fp32', 0) / 1e9, 1)} GFLOP/s, bf16 "
+        f"{fmt(peaks.get('bf16', 0) / 1e9, 1)} GFLOP/s (torch.mm {peaks.get('n')}x{peaks.get('n')}, best "
+        f"{'group' if on_gpu else 'repetition'}). {report['repeats']} repeats, alternating "
         f"processes; zhampel DataLoader workers: {report.get('cg_workers', 1)} (port default 1).",
         "",
         "| case | side | params | s/iteration min / median / max | real img/s (min-max) | all img/s | peak RSS GiB "
-        "| GFLOP/it | MFU fp32 | MFU bf16 | genclust/peer img/s: median of paired repeats (min-max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        + ("| peak GPU GiB " if on_gpu else "")
+        + "| GFLOP/it | MFU fp32 | MFU bf16 | genclust/peer img/s: median of paired repeats (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else ""),
     ]
     for case, res in report["cases"].items():
         for side in ("genclust", "genclust_paper", "peer"):
@@ -326,7 +340,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {CASE_TITLE[case]} | {name} | {params} | {sp['min']:.3f} / {sp['median']:.3f} / {sp['max']:.3f} | "
                 f"{s['real_images_per_s']:.0f} ({lo:.0f}-{hi:.0f}) | {s['all_images_per_s']:.0f} | "
-                f"{s['peak_rss_gib']:.2f} | {fmt(gfl, 1)} | "
+                f"{s['peak_rss_gib']:.2f} | " + (f"{fmt(s.get('peak_device_gib'))} | " if on_gpu else "")
+                + f"{fmt(gfl, 1)} | "
                 f"{fmt(100 * s['mfu_fp32'] if s.get('mfu_fp32') else None, 1)}% | "
                 f"{fmt(100 * s['mfu_bf16'] if s.get('mfu_bf16') else None, 1)}% | {ratio} |")
     lines += ["", "s/iteration: per process the median over its timed iterations (data loading included); img/s at "
@@ -355,11 +370,30 @@ class _Done(Exception):
     """Enough iterations timed (raised from inside the training loop being timed)."""
 
 
-class Recorder:
-    """Iteration boundaries (perf_counter at each iteration's start, per epoch) and the FLOP-counted first one."""
+def device_sync(device: str) -> Callable[[], None]:
+    """What makes the host clock meaningful on ``device``: wait for queued CUDA kernels; nothing on the CPU."""
+    if device == "cuda":
+        import torch
 
-    def __init__(self, warmup: int, iters: int) -> None:
-        self.warmup, self.iters = warmup, iters
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def peak_device_memory(device: str) -> int | None:
+    """Bytes: the process's peak CUDA allocation (None on the CPU, where peak RSS says it)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.max_memory_allocated())
+
+
+class Recorder:
+    """Iteration boundaries (perf_counter at each iteration's start, per epoch) and the FLOP-counted first one.
+    ``sync`` runs before each reading (``device_sync``), so an iteration includes its queued GPU work."""
+
+    def __init__(self, warmup: int, iters: int, sync: Callable[[], None] = lambda: None) -> None:
+        self.warmup, self.iters, self.sync = warmup, iters, sync
         self.starts: list[tuple[int, float]] = []  # (epoch, t) at the start of each iteration
         self.flops: int | None = None
         self._mode = None
@@ -370,6 +404,7 @@ class Recorder:
             self._mode.__exit__(None, None, None)
             self.flops = int(self._mode.get_total_flops())
             self._mode = None
+        self.sync()
         self.starts.append((epoch, time.perf_counter()))
         if len(self.durations()) >= self.warmup + self.iters:
             raise _Done
@@ -396,16 +431,25 @@ def child_peak(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     _set_threads(args.threads)
-    n, out = args.peak_n, {"n": args.peak_n}
+    n, out = args.peak_n, {"n": args.peak_n, "device": args.device}
+    sync = device_sync(args.device)
+    # a GPU product of this size takes well under a millisecond: time groups of them, waiting once per group
+    group = 10 if args.device == "cuda" else 1
+    if args.device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a, b = (torch.randn(n, n, dtype=dtype, device=args.device) for _ in range(2))
         for _ in range(2):
             torch.mm(a, b)
+        sync()
         best, reps, start = 0.0, 0, time.perf_counter()
         while time.perf_counter() - start < args.peak_seconds or reps < 3:
             t0 = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t0))  # the best repetition: a peak
+            for _ in range(group):
+                torch.mm(a, b)
+            sync()
+            best = max(best, group * 2.0 * n ** 3 / (time.perf_counter() - t0))  # the best group: a peak
             reps += 1
         out[name] = best
     return out
@@ -426,7 +470,9 @@ def child_genclust(args: argparse.Namespace) -> dict[str, Any]:
     overrides += [f"paths.data_dir={args.data_dir}"] if args.data_dir else []
     if case.startswith("hc_"):
         overrides.append(f"method.tree_dir={tmp / 'tree'}")
-    rec = Recorder(args.warmup, args.iters)
+    if args.device == "cuda":
+        overrides = merge_overrides(overrides, ["trainer.accelerator=gpu", "trainer.devices=1"])
+    rec = Recorder(args.warmup, args.iters, device_sync(args.device))
     info: dict[str, Any] = {}
     steps_per_iter = [1]
     calls = [0]
@@ -472,7 +518,8 @@ def child_genclust(args: argparse.Namespace) -> dict[str, Any]:
             "iter_s": rec.timed(),
             "flops_per_iter": rec.flops, "images_per_iter": [real, every], "params": info["params"],
             "hp": info["hp"], "steps_per_iter": steps_per_iter[0], "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "autocast": info.get("autocast"), "precision": info.get("precision")}
+            "threads": torch.get_num_threads(), "autocast": info.get("autocast"), "precision": info.get("precision"),
+            "peak_device_bytes": peak_device_memory(args.device)}
 
 
 def _start_genclust_at_refinement() -> None:
@@ -497,6 +544,31 @@ def _start_genclust_at_refinement() -> None:
 
 
 # ---------------------------------------------------------------------------- peer runtime patches
+def pandas_patch() -> None:
+    """pandas >= 1.4 rejects the short option name the HC-MGAN code uses at the end of a stage."""
+    try:
+        import pandas as pd
+    except ImportError:
+        return
+    set_option = pd.set_option
+
+    def set_option_full(key: Any, *a: Any, **k: Any) -> Any:
+        if key in ("max_columns", "max_colwidth"):
+            key = "display." + key
+        return set_option(key, *a, **k)
+
+    pd.set_option = set_option_full
+
+
+def peer_patches(peer_dir: Path, device: str) -> Callable[..., None]:
+    """The peer process's runtime patches for ``device``: on the CPU, ``cpu_patches``; on a GPU the peer's own
+    CUDA code runs as written and only pandas' option name is mapped (``apply`` is then a no-op)."""
+    if device == "cpu":
+        return cpu_patches(peer_dir)
+    pandas_patch()
+    return lambda extra=None: None
+
+
 def cpu_patches(peer_dir: Path) -> Callable[[], None]:
     """Runtime CPU patches (peers.md §1) for code that hard-codes CUDA; returns ``apply()``, to call after the
     peer modules are imported (it swaps their ``torch`` global for a proxy)."""
@@ -530,19 +602,7 @@ def cpu_patches(peer_dir: Path) -> Callable[[], None]:
     proxy.cuda = CpuCuda("torch.cuda")
     torch.Tensor.cuda = lambda self, *a, **k: self  # .cuda() on tensors and modules: stay on the CPU
     torch.nn.Module.cuda = lambda self, device=None: self
-    try:  # pandas >= 1.4 rejects the short option name the HC-MGAN code uses at the end of a stage
-        import pandas as pd
-
-        set_option = pd.set_option
-
-        def set_option_full(key: Any, *a: Any, **k: Any) -> Any:
-            if key in ("max_columns", "max_colwidth"):
-                key = "display." + key
-            return set_option(key, *a, **k)
-
-        pd.set_option = set_option_full
-    except ImportError:
-        pass
+    pandas_patch()
     root = str(peer_dir.resolve())
 
     def apply(extra: dict[str, Any] | None = None) -> None:
@@ -587,7 +647,7 @@ def child_hcmgan(args: argparse.Namespace) -> dict[str, Any]:
     _set_threads(args.threads)
     peer = Path(args.peer_dir).resolve()
     sys.path.insert(0, str(peer))
-    apply = cpu_patches(peer)
+    apply = peer_patches(peer, args.device)
     hp_args = _peer_defaults(peer / "fmnist.py")  # imports the repo's modules on the way
     apply()
     from tree.raw_split import MGANTrainer
@@ -605,7 +665,7 @@ def child_hcmgan(args: argparse.Namespace) -> dict[str, Any]:
                                 path=hp_args.dataset_path)
     dl = merge_dataloaders(dl_train, dl_test)
     root = Node(hp_args.root_node_name, dl.sampler.weights, str(Path(args.workdir) / "logs"))
-    rec = Recorder(args.warmup, args.iters)
+    rec = Recorder(args.warmup, args.iters, device_sync(args.device))
     torch.manual_seed(0)
     if args.case == "hc_raw":
         # tree.py raw_split_tree_node: a copy of the loader sampling with the node's memberships
@@ -652,7 +712,8 @@ def child_hcmgan(args: argparse.Namespace) -> dict[str, Any]:
                                                    "shared_features_across_ref", "amp_enable")}
     return {"side": "peer", "case": args.case, "iter_s": rec.timed(), "flops_per_iter": rec.flops,
             "images_per_iter": [real, every], "params": n_params(nets), "hp": hp, "peer_settings": settings,
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "peak_device_bytes": peak_device_memory(args.device)}
 
 
 def child_clustergan(args: argparse.Namespace) -> dict[str, Any]:
@@ -661,7 +722,7 @@ def child_clustergan(args: argparse.Namespace) -> dict[str, Any]:
     _set_threads(args.threads)
     peer = Path(args.peer_dir).resolve()
     sys.path.insert(0, str(peer))
-    apply = cpu_patches(peer)
+    apply = peer_patches(peer, args.device)
     path = peer / "train.py"
     code = patch_clustergan_train(path.read_text(), CG_N_CRITIC, str(path))
     ns: dict[str, Any] = {"__name__": "clustergan_train", "__file__": str(path)}
@@ -670,7 +731,7 @@ def child_clustergan(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(args.workdir)
     ns["DATASETS_DIR"] = str(Path(args.peer_data))  # <peer-data>/mnist/MNIST/raw
     ns["RUNS_DIR"] = str(tmp / "runs")
-    rec = Recorder(args.warmup, args.iters)
+    rec = Recorder(args.warmup, args.iters, device_sync(args.device))
     nets: list[Any] = []
     for name in ("Generator_CNN", "Encoder_CNN", "Discriminator_CNN"):
         cls = ns[name]
@@ -718,7 +779,7 @@ def child_clustergan(args: argparse.Namespace) -> dict[str, Any]:
     real, every = images_per_iteration("clustergan", "peer", hp)
     return {"side": "peer", "case": "clustergan", "iter_s": rec.timed(), "flops_per_iter": rec.flops,
             "images_per_iter": [real, every], "params": n_params(nets), "hp": hp, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "peak_device_bytes": peak_device_memory(args.device)}
 
 
 def run_child(args: argparse.Namespace) -> int:
@@ -813,7 +874,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cg-workers", type=int, default=1, help="zhampel DataLoader workers (port default 1)")
     parser.add_argument("--out", type=Path, default=None, help="PREFIX: writes PREFIX.json and PREFIX.md")
     parser.add_argument("--child-timeout", type=float, default=1200.0)
-    parser.add_argument("--peak-n", type=int, default=2048, help="matrix size of the matmul peak")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both sides train (cuda: the first GPU; the peers' own CUDA code, unpatched)")
+    parser.add_argument("--peak-n", type=int, default=None,
+                        help="matrix size of the matmul peak (default 2048 on the CPU, 8192 on CUDA)")
     parser.add_argument("--peak-seconds", type=float, default=3.0)
     parser.add_argument("--keep-work", action="store_true", help="keep the per-process folders (logs) on success")
     parser.add_argument("--genclust-overrides", nargs="*", default=[], help="extra Hydra overrides (genclust side)")
@@ -827,6 +891,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-dir-one", dest="peer_dir_one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.peak_n is None:
+        args.peak_n = 8192 if args.device == "cuda" else 2048
     if args.child:
         args.case = args.case[0] if isinstance(args.case, list) else args.case
         args.peer_dir = args.peer_dir_one
@@ -856,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     peer_env = dict(env)
     peer_env["PYTHONPATH"] = os.pathsep.join(x for x in (args.peer_pythonpath, env.get("PYTHONPATH", "")) if x)
     me = [sys.executable, str(Path(__file__).resolve())]
-    common = ["--threads", str(args.threads)]
+    common = ["--threads", str(args.threads), "--device", args.device]
 
     def child(kind: str, case: str | None, rep: int, extra: list[str], child_env: dict[str, str],
               tag: str = "") -> dict[str, Any]:

@@ -184,3 +184,39 @@ def test_clustergan_case_compares_the_ports_architecture():
     assert "method.nets.critic.conv_padding=valid" in bp.GENCLUST_OVERRIDES["clustergan"]
     merged = bp.merge_overrides(bp.GENCLUST_OVERRIDES["clustergan"], bp.PAPER_LAYOUT)
     assert "method.nets.critic.conv_padding=same" in merged and "method.nets.critic.conv_padding=valid" not in merged
+
+
+def test_recorder_waits_for_the_device_before_each_reading():
+    waits = []
+    rec = bp.Recorder(warmup=0, iters=1, sync=lambda: waits.append(len(waits)))
+    with pytest.raises(bp._Done):
+        for _ in range(3):
+            rec.boundary(0)
+    assert len(waits) == 2  # one per boundary read (the second completes the timed iteration)
+    assert bp.peak_device_memory("cpu") is None
+    bp.device_sync("cpu")()  # a no-op on the CPU
+
+
+def test_on_a_gpu_the_peer_runs_its_own_cuda_code(tmp_path):
+    before = (torch.Tensor.cuda, torch.nn.Module.cuda, torch.cuda.set_device)
+    apply = bp.peer_patches(tmp_path, "cuda")
+    namespace = {"torch": torch}
+    apply(namespace)
+    assert (torch.Tensor.cuda, torch.nn.Module.cuda, torch.cuda.set_device) == before  # nothing of torch replaced
+    assert namespace["torch"] is torch
+
+
+def test_gpu_table_has_a_device_memory_column():
+    run = {"s_per_iter_median": 0.01, "images_per_iter": [64, 128], "peak_rss_kib": 2 ** 20, "iters_timed": 5,
+           "flops_per_iter": 1e9, "params": 1000, "torch": "x", "threads": 4, "peak_device_bytes": 3 * 2 ** 30}
+    peaks = {"fp32": 50e12, "bf16": 700e12, "n": 8192, "device": "cuda", "gpu": "NVIDIA H100", "tf32": False}
+    side = bp.summarize("clustergan", [run], peaks)
+    assert side["peak_device_gib"] == pytest.approx(3.0)
+    report = {"host": bp.host_info(), "peak_gflops": peaks, "torch": "x", "threads": 4, "repeats": 1,
+              "command": "python scripts/bench_peers.py --device cuda", "cases": {"clustergan": {
+                  "genclust": side, "peer": side, "genclust_overrides": [],
+                  "ratios": {"genclust": bp.speed_ratios(side, side, [run], [run])}}}}
+    md = bp.markdown(report)
+    assert md.startswith("GPU NVIDIA H100 (fp32 matmul TF32 off)") and "| peak GPU GiB |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| ClusterGAN") and "genclust |" in line)
+    assert row.count("|") == md.splitlines()[3].count("|") and "| 3.00 |" in row

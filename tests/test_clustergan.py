@@ -27,7 +27,8 @@ def make(img_shape=(1, 8, 8), k=10, tiny=True, **kw):
     cfg = compose_cfg(["method=clustergan", "dataset=mnist_test"])  # no method_dataset pair settings
     with open_dict(cfg):
         cfg.method.img_shape, cfg.method.n_clusters = list(img_shape), k
-        cfg.method.readouts.kmeans_latent.n_clusters = k
+        for readout in cfg.method.readouts.values():
+            readout.n_clusters = k
         for key, value in {**(TINY if tiny else {}), **kw}.items():
             OmegaConf.update(cfg.method, key, value, merge=False)
     torch.manual_seed(0)
@@ -229,6 +230,23 @@ def test_kmeans_latent_features_follow_beta_n():
         out = m.predict_batch(x)
     assert torch.allclose(out["kmeans_latent/probs"].sum(1), torch.ones(40), atol=1e-5)
     assert out["kmeans_latent/labels"].max() < 5
+
+
+def test_readouts_of_the_encoders_logits_and_features():
+    m = make(k=5).eval()
+    x = torch.rand(40, 1, 8, 8)
+    with torch.no_grad():
+        logits, feats = m.embed(x, "logits"), m.embed(x, "features")
+        assert torch.equal(logits, m.encode(x)[1])  # the argmax read-out's logits, before the softmax
+        assert feats.shape == (40, 32)  # TINY: E's FC width
+        assert torch.allclose(m.encoder.head(feats)[:, m.latent_dim:], logits, atol=1e-6)  # the head's input
+    m.fit_readouts(x)
+    with torch.no_grad():
+        out = m.predict_batch(x)
+    for name in ("kmeans_logits", "kmeans_features"):
+        assert out[f"{name}/labels"].shape == (40,) and out[f"{name}/labels"].max() < 5
+    with pytest.raises(ConfigError, match="needs inference=encoder"):
+        make(k=5, inference="backprop").embed(x, "features")
 
 
 # ------------------------------------------------------------------------------------- inference

@@ -76,7 +76,7 @@ def test_predict_from_a_checkpoint_fits_the_readouts_as_training_did(tmp_path):
     stored = np.load(tmp_path / "assignments.npz")
     with recording_threads():
         result = predict(tmp_path / "checkpoints" / "last.ckpt", out=tmp_path / "from_ckpt.npz")
-    assert result["readouts_fitted_from_checkpoint"] == ["kmeans_latent"]
+    assert result["readouts_fitted_from_checkpoint"] == ["kmeans_features", "kmeans_latent", "kmeans_logits"]
     again = np.load(tmp_path / "from_ckpt.npz")
     for key in stored.files:
         np.testing.assert_array_equal(again[key], stored[key], err_msg=key)

@@ -334,7 +334,17 @@ class ClusterGAN(ClusteringMethod):
         return enc[:, : self.latent_dim], enc[:, self.latent_dim:]
 
     def embed(self, x: Tensor, name: str) -> Tensor:
-        """'latent': the official clustering features [z_n_hat, softmax(z_c)] (softmax part only if beta_n == 0)."""
+        """'latent': the official clustering features [z_n_hat, softmax(z_c)] (softmax part only if beta_n == 0);
+        'logits': E's z_c logits, unsquashed (a read-out can then split a mode that two digits share along E's second
+        choice); 'features': E's penultimate activations (the input of its z_n / z_c head)."""
+        if name in ("logits", "features"):
+            if self.inference == "backprop" or self.e_infer is None:
+                raise ConfigError(f"ClusterGAN embedding {name!r} reads the encoder: needs inference=encoder")
+            if name == "logits":
+                return self.encode(x)[1]
+            x = self._prep(x)
+            with self.autocast():  # E = head(body(x)); the MLP nets flatten their input first
+                return self.e_infer.body(x if self.conv else x.flatten(1)).float()
         if name != "latent":
             return super().embed(x, name)
         z_n, logits = self.encode(x)
