@@ -49,7 +49,8 @@ On a GPU (``--device cuda``): both sides train on the first CUDA device. The pee
 unpatched (only the pandas option name is mapped); genclust's side adds ``trainer.accelerator=gpu
 trainer.devices=1``. Every iteration boundary waits for the device (``torch.cuda.synchronize``), so an iteration's
 time includes its queued kernels; the matmul peak is a ``torch.mm`` of ``--peak-n`` (default 8192 on CUDA) timed
-over groups of products, fp32 at the default TF32 setting (off unless a side turns it on) and bf16; each process
+over groups of products, fp32 at the default TF32 setting (off for matmuls; cuDNN's convolutions default to TF32 on
+both sides, which the table's first line says) and bf16; each process
 also reports its peak CUDA memory (``torch.cuda.max_memory_allocated``). ``scripts/device_check.sh`` runs this on a
 lent GPU machine.
 
@@ -307,7 +308,9 @@ def speed_ratios(side: dict[str, Any], peer: dict[str, Any], side_runs: list[dic
 def markdown(report: dict[str, Any]) -> str:
     h, peaks = report["host"], report["peak_gflops"]
     on_gpu = peaks.get("device") == "cuda"
-    where = (f"GPU {peaks.get('gpu')} (fp32 matmul TF32 {'on' if peaks.get('tf32') else 'off'}); " if on_gpu else "")
+    where = (f"GPU {peaks.get('gpu')} (fp32 matmuls TF32 {'on' if peaks.get('tf32') else 'off'}, cuDNN convolutions "
+             f"TF32 {'on' if peaks.get('cudnn_tf32') else 'off'}, on both sides: the fp32 peak is a matmul without TF32, "
+             "so conv-heavy steps can read MFU fp32 above 100%); " if on_gpu else "")
     lines = [
         f"{where}Host: {h['cpu']}, {h['logical_cpus']} logical CPUs, avx512_bf16 "
         f"{'yes' if h['avx512_bf16'] else 'no'}, amx {'yes' if h['amx_tile'] else 'no'}; torch {report['torch']}, "
@@ -438,6 +441,7 @@ def child_peak(args: argparse.Namespace) -> dict[str, Any]:
     if args.device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
         out["tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        out["cudnn_tf32"] = bool(torch.backends.cudnn.allow_tf32)  # convolutions: TF32 by default
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a, b = (torch.randn(n, n, dtype=dtype, device=args.device) for _ in range(2))
         for _ in range(2):

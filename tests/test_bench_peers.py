@@ -209,7 +209,8 @@ def test_on_a_gpu_the_peer_runs_its_own_cuda_code(tmp_path):
 def test_gpu_table_has_a_device_memory_column():
     run = {"s_per_iter_median": 0.01, "images_per_iter": [64, 128], "peak_rss_kib": 2 ** 20, "iters_timed": 5,
            "flops_per_iter": 1e9, "params": 1000, "torch": "x", "threads": 4, "peak_device_bytes": 3 * 2 ** 30}
-    peaks = {"fp32": 50e12, "bf16": 700e12, "n": 8192, "device": "cuda", "gpu": "NVIDIA H100", "tf32": False}
+    peaks = {"fp32": 50e12, "bf16": 700e12, "n": 8192, "device": "cuda", "gpu": "NVIDIA H100", "tf32": False,
+             "cudnn_tf32": True}
     side = bp.summarize("clustergan", [run], peaks)
     assert side["peak_device_gib"] == pytest.approx(3.0)
     report = {"host": bp.host_info(), "peak_gflops": peaks, "torch": "x", "threads": 4, "repeats": 1,
@@ -217,6 +218,6 @@ def test_gpu_table_has_a_device_memory_column():
                   "genclust": side, "peer": side, "genclust_overrides": [],
                   "ratios": {"genclust": bp.speed_ratios(side, side, [run], [run])}}}}
     md = bp.markdown(report)
-    assert md.startswith("GPU NVIDIA H100 (fp32 matmul TF32 off)") and "| peak GPU GiB |" in md
+    assert md.startswith("GPU NVIDIA H100 (fp32 matmuls TF32 off, cuDNN convolutions TF32 on") and "| peak GPU GiB |" in md
     row = next(line for line in md.splitlines() if line.startswith("| ClusterGAN") and "genclust |" in line)
     assert row.count("|") == md.splitlines()[3].count("|") and "| 3.00 |" in row

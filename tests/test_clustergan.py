@@ -249,6 +249,13 @@ def test_readouts_of_the_encoders_logits_and_features():
         make(k=5, inference="backprop").embed(x, "features")
 
 
+def test_without_the_encoder_the_encoder_readouts_are_left_out():
+    m = make(k=5, inference="backprop", use_encoder=False)
+    assert sorted(m.readouts) == ["kmeans_latent"]  # a run with inference=backprop still fits its read-outs
+    with pytest.raises(ConfigError, match="clustering=kmeans_features reads the encoder"):
+        make(k=5, inference="backprop", clustering="kmeans_features")
+
+
 # ------------------------------------------------------------------------------------- inference
 def test_argmax_probs_are_softmax_of_zc_logits():
     m = make(k=10).eval()

@@ -34,6 +34,7 @@ Deviations from paper + official code are config options, named as such (configs
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ from genclust.nets.init import init_glorot, initialize
 from genclust.precision import CastWeights
 
 INFERENCE_MODES = ("encoder", "backprop")
+ENCODER_EMBEDDINGS = ("logits", "features")  # read E's layers: only with inference=encoder
+log = logging.getLogger("genclust")
 ZN_REDUCTIONS = ("mean", "sum")
 # Paper + official-code values of the knobs a budget or port variant changes (describe() lists deviations).
 PAPER_SETTINGS = {"sigma": 0.10, "n_critic": 5, "batch_size": 64, "zn_unit_scale": False, "ema_decay": 0.0,
@@ -102,6 +105,14 @@ class ClusterGAN(ClusteringMethod):
         ema_decay: float = 0.0,
         divergence_check_every: int = 50,
     ) -> None:
+        if inference != "encoder" and readouts:
+            # the config's E-layer read-outs (kmeans_logits, kmeans_features) have no E to read without the encoder
+            dropped = sorted(n for n, r in readouts.items() if getattr(r, "embedding", None) in ENCODER_EMBEDDINGS)
+            if clustering in dropped:
+                raise ConfigError(f"clustering={clustering} reads the encoder's layers: needs inference=encoder")
+            if dropped:
+                log.info("ClusterGAN inference=%s: read-outs %s need the encoder, left out", inference, dropped)
+                readouts = {n: r for n, r in readouts.items() if n not in dropped}
         super().__init__(n_clusters, img_shape, batch_size, pixel_range, divergence_check_every, nets=nets,
                          optim=optim, readouts=readouts, clustering=clustering, autocast=autocast)
         self.save_hyperparameters(ignore=["nets", "optim", "readouts"])
