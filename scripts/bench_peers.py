@@ -522,8 +522,7 @@ def child_genclust(args: argparse.Namespace) -> dict[str, Any]:
             "iter_s": rec.timed(),
             "flops_per_iter": rec.flops, "images_per_iter": [real, every], "params": info["params"],
             "hp": info["hp"], "steps_per_iter": steps_per_iter[0], "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "autocast": info.get("autocast"), "precision": info.get("precision"),
-            "peak_device_bytes": peak_device_memory(args.device)}
+            "threads": torch.get_num_threads(), "autocast": info.get("autocast"), "precision": info.get("precision")}
 
 
 def _start_genclust_at_refinement() -> None:
@@ -716,8 +715,7 @@ def child_hcmgan(args: argparse.Namespace) -> dict[str, Any]:
                                                    "shared_features_across_ref", "amp_enable")}
     return {"side": "peer", "case": args.case, "iter_s": rec.timed(), "flops_per_iter": rec.flops,
             "images_per_iter": [real, every], "params": n_params(nets), "hp": hp, "peer_settings": settings,
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "peak_device_bytes": peak_device_memory(args.device)}
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def child_clustergan(args: argparse.Namespace) -> dict[str, Any]:
@@ -783,7 +781,7 @@ def child_clustergan(args: argparse.Namespace) -> dict[str, Any]:
     real, every = images_per_iteration("clustergan", "peer", hp)
     return {"side": "peer", "case": "clustergan", "iter_s": rec.timed(), "flops_per_iter": rec.flops,
             "images_per_iter": [real, every], "params": n_params(nets), "hp": hp, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "peak_device_bytes": peak_device_memory(args.device)}
+            "threads": torch.get_num_threads()}
 
 
 def run_child(args: argparse.Namespace) -> int:
@@ -791,6 +789,7 @@ def run_child(args: argparse.Namespace) -> int:
     if args.child == "peer":
         fn = child_clustergan if args.case == "clustergan" else child_hcmgan
     result = fn(args)
+    result["peak_device_bytes"] = peak_device_memory(args.device)  # every side, same reading
     if "iter_s" in result:
         if not result["iter_s"]:
             raise RuntimeError("no iteration was timed")

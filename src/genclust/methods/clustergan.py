@@ -348,7 +348,7 @@ class ClusterGAN(ClusteringMethod):
         """'latent': the official clustering features [z_n_hat, softmax(z_c)] (softmax part only if beta_n == 0);
         'logits': E's z_c logits, unsquashed (a read-out can then split a mode that two digits share along E's second
         choice); 'features': E's penultimate activations (the input of its z_n / z_c head)."""
-        if name in ("logits", "features"):
+        if name in ENCODER_EMBEDDINGS:
             if self.inference == "backprop" or self.e_infer is None:
                 raise ConfigError(f"ClusterGAN embedding {name!r} reads the encoder: needs inference=encoder")
             if name == "logits":
