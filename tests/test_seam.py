@@ -11,7 +11,14 @@ from genclust.errors import ConfigError
 from genclust.evaluation.metrics import clustering_report
 from genclust.latent import ExampleState, descend, langevin
 from genclust.methods.base import ClusteringMethod
-from genclust.readouts import GMMReadout, KMeansReadout, TreeCutReadout, UMAPHDBSCANReadout, umap_neighbors
+from genclust.readouts import (
+    GMMReadout,
+    KMeansReadout,
+    TreeCutReadout,
+    UMAPHDBSCANReadout,
+    UMAPKMeansReadout,
+    umap_neighbors,
+)
 from tests.test_data import DIGITS
 
 
@@ -86,6 +93,28 @@ def test_umap_hdbscan_discovers_k_labels_noise_and_reloads():
     assert "dens/probs" not in model.predict_in_batches(x)
     fresh = roundtrip(model, Identity({"dens": UMAPHDBSCANReadout(embedding="raw")}))
     assert torch.equal(fresh.predict_in_batches(x)["dens/labels"], labels)  # transform + approximate_predict
+
+
+def test_umap_kmeans_labels_the_fit_set_as_fitted_and_reloads():
+    from sklearn.cluster import KMeans
+
+    from genclust import readouts
+
+    x, y = blobs(n_per=80, k=4, dim=5)
+    model = Identity({"uk": UMAPKMeansReadout(4, embedding="raw", n_neighbors=15, n_components=3, n_init=2)})
+    model.fit_readouts(x)
+    out = model.predict_in_batches(x)
+    assert clustering_report(y.numpy(), out["uk/labels"].numpy())["acc"] == 1.0
+    assert out["uk/probs"].shape == (len(x), 4) and model.readouts["uk"].clusters_found() == 4
+    # the fit set goes through umap.transform to its fitted coordinates, so it gets the k-means fit's labels
+    _, emb, _ = readouts.fit_umap(x.numpy(), 15, 3, 0.0, seed=0)
+    fit_labels = KMeans(4, n_init=2, random_state=0).fit(emb.astype(np.float64)).labels_
+    assert clustering_report(fit_labels, out["uk/labels"].numpy())["acc"] == 1.0
+    fresh = roundtrip(model, Identity({"uk": UMAPKMeansReadout(4, embedding="raw")}))
+    new = x[::7] + 0.1 * torch.randn(len(x[::7]), 5)  # new points near the fit set's: the same clusters
+    again = fresh.predict_in_batches(new)["uk/labels"]
+    assert torch.equal(again, model.predict_in_batches(new)["uk/labels"])
+    assert clustering_report(y[::7].numpy(), again.numpy())["acc"] == 1.0
 
 
 def test_umap_fits_and_transforms_are_shared_and_equal_a_refit():

@@ -324,6 +324,27 @@ class UMAPGMMReadout(GMMReadout):
         return super()._predict(torch.as_tensor(umap_transform(self._pickled("reducer"), features)))
 
 
+class UMAPKMeansReadout(KMeansReadout):
+    """UMAP to ``n_components`` dimensions, then k-means (N2D's recipe with k-means in place of its GMM; the
+    ``umap_kmeans`` reference row). New data: ``umap.transform`` + the nearest center (umap-learn's ``transform``
+    of the fit set returns its fitted coordinates, so the fit set gets the k-means fit's labels)."""
+
+    def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = 15,
+                 n_components: int = 10, min_dist: float = 0.0, n_init: int = 10, seed: int = 0,
+                 temperature: float = 1.0) -> None:
+        super().__init__(n_clusters, embedding, n_init=n_init, seed=seed, temperature=temperature)
+        self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
+
+    def _fit(self, features: Tensor) -> None:
+        reducer, emb, _ = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components, self.min_dist,
+                                   self.seed)
+        super()._fit(torch.as_tensor(emb))
+        self._keep_pickled("reducer", reducer)
+
+    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        return super()._predict(torch.as_tensor(umap_transform(self._pickled("reducer"), features)))
+
+
 class PosteriorReadout(Readout):
     """A read-out of an embedding that already is a posterior p(y | x) [N, K] (e.g. CGM's re-inferred
     posterior): its argmax. Nothing to fit but the width, which it records."""
