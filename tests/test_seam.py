@@ -106,10 +106,13 @@ def test_umap_kmeans_labels_the_fit_set_as_fitted_and_reloads():
     out = model.predict_in_batches(x)
     assert clustering_report(y.numpy(), out["uk/labels"].numpy())["acc"] == 1.0
     assert out["uk/probs"].shape == (len(x), 4) and model.readouts["uk"].clusters_found() == 4
-    # the fit set goes through umap.transform to its fitted coordinates, so it gets the k-means fit's labels
+    # fit-set rows by index: the k-means fit's labels of their fitted coordinates, in batches of any size
     _, emb, _ = readouts.fit_umap(x.numpy(), 15, 3, 0.0, seed=0)
     fit_labels = KMeans(4, n_init=2, random_state=0).fit(emb.astype(np.float64)).labels_
-    assert clustering_report(fit_labels, out["uk/labels"].numpy())["acc"] == 1.0
+    readout = model.readouts["uk"]
+    by_rows = torch.cat([readout.fit_rows(torch.arange(i, min(i + 50, len(x))))[1] for i in range(0, len(x), 50)])
+    np.testing.assert_array_equal(by_rows.numpy(), fit_labels)
+    assert torch.equal(by_rows, out["uk/labels"])  # umap.transform of the whole fit set: its fitted coordinates
     fresh = roundtrip(model, Identity({"uk": UMAPKMeansReadout(4, embedding="raw")}))
     new = x[::7] + 0.1 * torch.randn(len(x[::7]), 5)  # new points near the fit set's: the same clusters
     again = fresh.predict_in_batches(new)["uk/labels"]

@@ -326,8 +326,9 @@ class UMAPGMMReadout(GMMReadout):
 
 class UMAPKMeansReadout(KMeansReadout):
     """UMAP to ``n_components`` dimensions, then k-means (N2D's recipe with k-means in place of its GMM; the
-    ``umap_kmeans`` reference row). New data: ``umap.transform`` + the nearest center (umap-learn's ``transform``
-    of the fit set returns its fitted coordinates, so the fit set gets the k-means fit's labels)."""
+    ``umap_kmeans`` reference row). New data: ``umap.transform`` + the nearest center; ``transform`` places a point
+    with a random stream shared by its batch, so a new point's coordinates (rarely its label) depend on the batch.
+    Fit-set rows have their fitted coordinates in the state: ``fit_rows(idx)`` labels them batch-independently."""
 
     def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = 15,
                  n_components: int = 10, min_dist: float = 0.0, n_init: int = 10, seed: int = 0,
@@ -339,10 +340,17 @@ class UMAPKMeansReadout(KMeansReadout):
         reducer, emb, _ = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components, self.min_dist,
                                    self.seed)
         super()._fit(torch.as_tensor(emb))
+        self.state["fit_coords"] = torch.as_tensor(emb, dtype=torch.float32)
         self._keep_pickled("reducer", reducer)
 
     def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
         return super()._predict(torch.as_tensor(umap_transform(self._pickled("reducer"), features)))
+
+    def fit_rows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        """(probs, labels) of the fit set's rows ``idx`` from their fitted UMAP coordinates."""
+        if not self.fitted:
+            raise RuntimeError("read-out UMAPKMeansReadout is not fitted")
+        return super()._predict(self.state["fit_coords"][idx.cpu()])
 
 
 class PosteriorReadout(Readout):

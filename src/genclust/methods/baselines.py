@@ -1,8 +1,9 @@
-"""Reference rows for every table: k-means and a Gaussian mixture on pixels (optionally PCA).
+"""Reference rows for every table: k-means and a Gaussian mixture on pixels (optionally PCA), and UMAP + k-means.
 
 They go through the same contract as the deep methods: ``fit_method`` fits scikit-learn on
 the fit set, the fitted parameters become buffers (so ``model.pt`` clusters new data), and
-``cluster_probs`` evaluates them in torch.
+``cluster_probs`` evaluates them in torch. UMAP + k-means keeps its fitted UMAP as a read-out's
+pickled state instead, and places new data with ``umap.transform`` (numpy, on the CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from genclust.errors import ConfigError
 from genclust.methods.base import ClusteringMethod
+from genclust.readouts import UMAPKMeansReadout
 
 
 class _PixelBaseline(ClusteringMethod):
@@ -37,6 +39,8 @@ class _PixelBaseline(ClusteringMethod):
 
     def features(self, x: Tensor) -> Tensor:
         flat = x.flatten(1).float()
+        if not self.pca_components:  # the pixels themselves (a matmul by the identity could round them: TF32)
+            return flat
         return (flat - self.pca_mean) @ self.pca_basis.T
 
     def _fit_features(self, x: np.ndarray, seed: int) -> np.ndarray:
@@ -134,15 +138,15 @@ class GMMBaseline(_PixelBaseline):
 
 class UMAPKMeansBaseline(_PixelBaseline):
     """UMAP of the pixels (or PCA features) to ``n_components`` dimensions, then k-means: N2D's recipe
-    (McConville et al., 2020) without its autoencoder, a much stronger reference than pixel k-means on digit
-    sets (mnist_test: 0.80 against 0.54, benchmarks/RESULTS.md "Reference rows"). New data:
-    ``umap.transform`` + the nearest center; the fitted UMAP is pickled into the model's state."""
+    (McConville et al., 2020) without its autoencoder and with k-means for its GMM, a much stronger reference
+    than pixel k-means on digits (mnist_test: 0.79 against 0.54, benchmarks/RESULTS.md "A stronger reference").
+    The fitted UMAP is pickled into the model's state with the fit set's features (fmnist's model.pt: ~0.5 GB;
+    ``pca_components`` shrinks it). Fit-set rows get their fitted coordinates' labels; new data goes through
+    ``umap.transform`` + the nearest center."""
 
     def __init__(self, n_clusters: int, img_shape: Sequence[int], pca_components: int | None = None,
                  n_neighbors: int | str = 15, n_components: int = 10, min_dist: float = 0.0, n_init: int = 10,
                  batch_size: int = 256, pixel_range: str = "unit") -> None:
-        from genclust.readouts import UMAPKMeansReadout
-
         super().__init__(n_clusters, img_shape, pca_components, batch_size, pixel_range)
         self.save_hyperparameters()
         if int(n_components) < 1:
@@ -151,10 +155,13 @@ class UMAPKMeansBaseline(_PixelBaseline):
                                              n_components=n_components, min_dist=min_dist, n_init=n_init)
 
     def _fit(self, features: np.ndarray, seed: int) -> None:
-        self.umap_kmeans.seed = seed  # UMAP's random_state and k-means' (the run's seed)
+        # the run's seed for UMAP's random_state and k-means'; predictions never read it (reducer, centers: state)
+        self.umap_kmeans.seed = seed
         self.umap_kmeans.fit(torch.as_tensor(features))
 
     def cluster_probs(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
+        if idx is not None:  # fit-set rows: their fitted coordinates, whichever batch they come in
+            return self.umap_kmeans.fit_rows(idx)[0].to(x.device)
         return self.umap_kmeans(self.features(x).cpu())[0].to(x.device)
 
     def describe(self) -> dict:
