@@ -305,35 +305,14 @@ class UMAPHDBSCANReadout(Readout):
         return getattr(self._pickled("models")[0], "embedding_", None), self.state["fit_labels"].numpy()
 
 
-class UMAPGMMReadout(GMMReadout):
-    """UMAP to ``n_components`` dimensions, then a K-component GMM (N2D's recipe, the HRWAE-GAN thesis' Fig. 3:
-    UMAP separates and compacts the clusters of a latent space). New data: ``umap.transform`` + GMM."""
+class _UMAPFirst:
+    """Mixin for a read-out that clusters UMAP coordinates: UMAP the embedding to ``n_components`` dimensions
+    (``fit_umap``, memoized per latent group), then the base read-out on them. New data: ``umap.transform``, which
+    places a point with a random stream shared by its batch, so a new point's coordinates (rarely its label)
+    depend on the batch. The fit set's own coordinates stay in the state: ``fit_rows(idx)`` labels fit-set rows
+    batch-independently (for a method that knows the rows' fit-set index)."""
 
-    def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = "auto",
-                 n_components: int = 2, min_dist: float = 0.0, covariance_type: str = "full", seed: int = 0) -> None:
-        super().__init__(n_clusters, embedding, covariance_type=covariance_type, seed=seed)
-        self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
-
-    def _fit(self, features: Tensor) -> None:
-        reducer, emb, _ = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components, self.min_dist,
-                                   self.seed)
-        super()._fit(torch.as_tensor(emb))
-        self._keep_pickled("reducer", reducer)
-
-    def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        return super()._predict(torch.as_tensor(umap_transform(self._pickled("reducer"), features)))
-
-
-class UMAPKMeansReadout(KMeansReadout):
-    """UMAP to ``n_components`` dimensions, then k-means (N2D's recipe with k-means in place of its GMM; the
-    ``umap_kmeans`` reference row). New data: ``umap.transform`` + the nearest center; ``transform`` places a point
-    with a random stream shared by its batch, so a new point's coordinates (rarely its label) depend on the batch.
-    Fit-set rows have their fitted coordinates in the state: ``fit_rows(idx)`` labels them batch-independently."""
-
-    def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = 15,
-                 n_components: int = 10, min_dist: float = 0.0, n_init: int = 10, seed: int = 0,
-                 temperature: float = 1.0) -> None:
-        super().__init__(n_clusters, embedding, n_init=n_init, seed=seed, temperature=temperature)
+    def _umap_settings(self, n_neighbors: int | str, n_components: int, min_dist: float) -> None:
         self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
 
     def _fit(self, features: Tensor) -> None:
@@ -349,8 +328,29 @@ class UMAPKMeansReadout(KMeansReadout):
     def fit_rows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         """(probs, labels) of the fit set's rows ``idx`` from their fitted UMAP coordinates."""
         if not self.fitted:
-            raise RuntimeError("read-out UMAPKMeansReadout is not fitted")
+            raise RuntimeError(f"read-out {type(self).__name__} is not fitted")
         return super()._predict(self.state["fit_coords"][idx.cpu()])
+
+
+class UMAPGMMReadout(_UMAPFirst, GMMReadout):
+    """UMAP to ``n_components`` dimensions, then a K-component GMM (N2D's recipe, the HRWAE-GAN thesis' Fig. 3:
+    UMAP separates and compacts the clusters of a latent space). New data: ``umap.transform`` + GMM."""
+
+    def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = "auto",
+                 n_components: int = 2, min_dist: float = 0.0, covariance_type: str = "full", seed: int = 0) -> None:
+        super().__init__(n_clusters, embedding, covariance_type=covariance_type, seed=seed)
+        self._umap_settings(n_neighbors, n_components, min_dist)
+
+
+class UMAPKMeansReadout(_UMAPFirst, KMeansReadout):
+    """UMAP to ``n_components`` dimensions, then k-means (N2D's recipe with k-means in place of its GMM; the
+    ``umap_kmeans`` reference row). New data: ``umap.transform`` + the nearest center."""
+
+    def __init__(self, n_clusters: int, embedding: str = "latent", n_neighbors: int | str = 15,
+                 n_components: int = 10, min_dist: float = 0.0, n_init: int = 10, seed: int = 0,
+                 temperature: float = 1.0) -> None:
+        super().__init__(n_clusters, embedding, n_init=n_init, seed=seed, temperature=temperature)
+        self._umap_settings(n_neighbors, n_components, min_dist)
 
 
 class PosteriorReadout(Readout):
