@@ -120,6 +120,25 @@ def test_umap_kmeans_labels_the_fit_set_as_fitted_and_reloads():
     assert clustering_report(y[::7].numpy(), again.numpy())["acc"] == 1.0
 
 
+def test_fit_set_rows_get_the_fit_result_through_the_seam_in_any_batching():
+    x, y = blobs(n_per=80, k=4, dim=5)
+    model = Identity({"uk": UMAPKMeansReadout(4, embedding="raw", n_neighbors=15, n_components=3, n_init=2),
+                      "dens": UMAPHDBSCANReadout(embedding="raw", n_neighbors=15, min_cluster_size=20)})
+    model.fit_readouts(x)
+    idx = torch.arange(len(x))
+    by_index = [model.predict_in_batches(x, idx, batch_size=b) for b in (37, 1024)]
+    uk, dens = model.readouts["uk"], model.readouts["dens"]
+    for out in by_index:  # the seam hands idx on: fit coordinates / HDBSCAN's own fit labels, whatever the batch
+        assert torch.equal(out["uk/labels"], uk.fit_rows(idx)[1])
+        assert torch.equal(out["dens/labels"], dens.state["fit_labels"])
+    with pytest.raises(IndexError, match="fit-set index"):  # an index past the fit set is an error, not a wrap
+        uk(x[:2], torch.tensor([0, len(x)]))
+    assert uk.describe()["umap_n_neighbors"] == 15 and dens.describe()["umap_n_neighbors"] == 15
+    capped = UMAPKMeansReadout(2, embedding="raw", n_neighbors=50, n_components=2, n_init=1)
+    capped.fit(x[:20])
+    assert capped.describe()["umap_n_neighbors"] == 19  # as used: capped at N - 1
+
+
 def test_umap_fits_and_transforms_are_shared_and_equal_a_refit():
     from genclust import readouts
 

@@ -73,11 +73,13 @@ class Readout(nn.Module):
         if not self.state:
             raise RuntimeError(f"{type(self).__name__}._fit stored no state")
 
-    def forward(self, features: Tensor) -> tuple[Tensor | None, Tensor]:
-        """(probs [N, k] or None, labels [N] with -1 = noise) of an embedding batch."""
+    def forward(self, features: Tensor, idx: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+        """(probs [N, k] or None, labels [N] with -1 = noise) of an embedding batch. ``idx``: the rows' fit-set
+        indices when they are fit-set examples (None for new data): a read-out that keeps the fit set's own
+        result (``_predict_fit_rows``) answers with it, so fit-set labels do not depend on the batching."""
         if not self.fitted:
             raise RuntimeError(f"read-out {type(self).__name__} is not fitted (fit_readouts runs after training)")
-        probs, labels = self._predict(features)
+        probs, labels = self._predict(features) if idx is None else self._predict_fit_rows(features, idx)
         return probs, labels.long()
 
     def clusters_found(self) -> int | None:
@@ -85,8 +87,11 @@ class Readout(nn.Module):
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "embedding": self.embedding, "fitted": self.fitted,
-                "clusters_found": self.clusters_found()}
+        out = {"type": type(self).__name__, "embedding": self.embedding, "fitted": self.fitted,
+               "clusters_found": self.clusters_found()}
+        if "n_neighbors" in self.state:  # UMAP's neighbours as used (the setting is capped at N - 1 on small sets)
+            out["umap_n_neighbors"] = int(self.state["n_neighbors"])
+        return out
 
     # state travels as module extra state: tensors only
     def get_extra_state(self) -> dict[str, Tensor]:
@@ -111,6 +116,18 @@ class Readout(nn.Module):
 
     def _predict(self, features: Tensor) -> tuple[Tensor | None, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _predict_fit_rows(self, features: Tensor, idx: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Fit-set rows ``idx`` (embedding ``features``): like new data unless a read-out keeps its fit result."""
+        return self._predict(features)
+
+    def _fit_set_rows(self, key: str, idx: Tensor) -> Tensor:
+        """Rows ``idx`` of the fit-set tensor ``state[key]``; an index outside the fit set is an error, not a wrap."""
+        table = self.state[key]
+        idx = idx.cpu().long()
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(table)):
+            raise IndexError(f"{type(self).__name__}: fit-set index out of range [0, {len(table)})")
+        return table[idx]
 
 
 class KMeansReadout(Readout):
@@ -204,7 +221,7 @@ def umap_neighbors(n: int, cap: int = 100, divisor: int = 300, floor: int = 2) -
 # Read-outs of one latent group share their UMAP (UMAP + HDBSCAN and UMAP + GMM with the same neighbours, size,
 # min_dist and seed give the same embedding): the fit and the transforms of new data are memoized, a few entries
 # each, keyed by the input's bytes. Seeded UMAP is deterministic, so a hit returns what a refit would (tested).
-_UMAP_FITS: dict[tuple, tuple[Any, np.ndarray, int]] = {}
+_UMAP_FITS: dict[tuple, tuple[Any, np.ndarray]] = {}
 _UMAP_TRANSFORMS: dict[tuple, tuple[Any, np.ndarray]] = {}
 _UMAP_MEMO_SIZE = 4
 
@@ -233,16 +250,16 @@ def fit_umap(x: np.ndarray, n_neighbors: int | str, n_components: int, min_dist:
     used = min(nn_, len(x) - 1)
     key = (_digest(x), used, int(n_components), float(min_dist), int(seed))
     if key in _UMAP_FITS:
-        reducer, emb, nn_ = _UMAP_FITS[key]
-        return reducer, emb.copy(), nn_
+        reducer, emb = _UMAP_FITS[key]
+        return reducer, emb.copy(), used
     reducer = umap.UMAP(n_neighbors=used, n_components=n_components, min_dist=min_dist,
                         random_state=seed, transform_seed=seed)
     with torch_threads_kept(), warnings.catch_warnings():
         # a seeded UMAP runs single-threaded on purpose (reproducible): its warning says so at every fit
         warnings.filterwarnings("ignore", message="n_jobs value .* overridden")
         emb = reducer.fit_transform(x)
-    _remember(_UMAP_FITS, key, (reducer, emb, nn_))
-    return reducer, emb.copy(), nn_
+    _remember(_UMAP_FITS, key, (reducer, emb))
+    return reducer, emb.copy(), used
 
 
 def umap_transform(reducer: Any, features: Tensor) -> np.ndarray:
@@ -297,6 +314,10 @@ class UMAPHDBSCANReadout(Readout):
             labels, _ = hdbscan.approximate_predict(clusterer, emb)
         return None, torch.as_tensor(np.asarray(labels), dtype=torch.long)
 
+    def _predict_fit_rows(self, features: Tensor, idx: Tensor) -> tuple[None, Tensor]:
+        # the fit set's own HDBSCAN labels (the thesis clusters the data set itself, §3.2), not approximate_predict
+        return None, self._fit_set_rows("fit_labels", idx)
+
     def clusters_found(self) -> int | None:
         return int(self.state["clusters_found"]) if self.fitted else None
 
@@ -309,17 +330,18 @@ class _UMAPFirst:
     """Mixin for a read-out that clusters UMAP coordinates: UMAP the embedding to ``n_components`` dimensions
     (``fit_umap``, memoized per latent group), then the base read-out on them. New data: ``umap.transform``, which
     places a point with a random stream shared by its batch, so a new point's coordinates (rarely its label)
-    depend on the batch. The fit set's own coordinates stay in the state: ``fit_rows(idx)`` labels fit-set rows
-    batch-independently (for a method that knows the rows' fit-set index)."""
+    depend on the batch. The fit set's own coordinates stay in the state: fit-set rows (``forward(features, idx)``,
+    ``fit_rows(idx)``) are labelled from them, batch-independently."""
 
     def _umap_settings(self, n_neighbors: int | str, n_components: int, min_dist: float) -> None:
         self.n_neighbors, self.n_components, self.min_dist = n_neighbors, int(n_components), float(min_dist)
 
     def _fit(self, features: Tensor) -> None:
-        reducer, emb, _ = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components, self.min_dist,
-                                   self.seed)
+        reducer, emb, n_neighbors = fit_umap(features.float().numpy(), self.n_neighbors, self.n_components,
+                                             self.min_dist, self.seed)
         super()._fit(torch.as_tensor(emb))
         self.state["fit_coords"] = torch.as_tensor(emb, dtype=torch.float32)
+        self.state["n_neighbors"] = torch.tensor(int(n_neighbors))
         self._keep_pickled("reducer", reducer)
 
     def _predict(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -329,7 +351,10 @@ class _UMAPFirst:
         """(probs, labels) of the fit set's rows ``idx`` from their fitted UMAP coordinates."""
         if not self.fitted:
             raise RuntimeError(f"read-out {type(self).__name__} is not fitted")
-        return super()._predict(self.state["fit_coords"][idx.cpu()])
+        return super()._predict(self._fit_set_rows("fit_coords", idx))
+
+    def _predict_fit_rows(self, features: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.fit_rows(idx)
 
 
 class UMAPGMMReadout(_UMAPFirst, GMMReadout):

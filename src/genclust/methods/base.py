@@ -5,7 +5,8 @@ Evaluation, prediction, figures and the summarizer talk only to this class:
 * ``n_clusters`` and ``cluster_probs(x, idx=None) -> [N, K]`` (soft assignment, rows sum to one);
   ``cluster_labels(x, idx=None)`` is its argmax unless a method can call a point noise (label -1).
   ``idx`` is the fit-set index of each row when the rows *are* fit-set examples (None for new data):
-  a method with per-example state (CGM's stored latents) scores training examples from it.
+  a method with per-example state (CGM's stored latents) scores training examples from it, and so does a
+  read-out that keeps the fit set's own result (UMAP's fitted coordinates, HDBSCAN's fit labels).
 * **read-outs** (``genclust.readouts``): declared in the config (``method.readouts``), each reads one
   embedding of the method (``embed(x, name)``), is fitted once on the fit set after training
   (``fit_readouts``) and saved with the model; ``method.clustering: <name>`` makes one the primary
@@ -305,7 +306,7 @@ class ClusteringMethod(pl.LightningModule):
             readout = self.readouts[name]
             if readout.embedding not in embeddings:
                 embeddings[readout.embedding] = self.embed(x, readout.embedding)
-            r_probs, r_labels = readout(embeddings[readout.embedding])
+            r_probs, r_labels = readout(embeddings[readout.embedding], idx)
             out[f"{name}/labels"] = r_labels
             if r_probs is not None:
                 out[f"{name}/probs"] = r_probs

@@ -166,5 +166,7 @@ class UMAPKMeansBaseline(_PixelBaseline):
 
     def describe(self) -> dict:
         r = self.umap_kmeans
-        return {"baseline": "umap_kmeans", "pca_components": self.pca_components, "n_neighbors": r.n_neighbors,
+        used = r.describe().get("umap_n_neighbors")  # as fitted: the setting is capped at N - 1 on small sets
+        return {"baseline": "umap_kmeans", "pca_components": self.pca_components,
+                "n_neighbors": r.n_neighbors if used is None else used,
                 "n_components": r.n_components, "min_dist": r.min_dist, "n_init": r.n_init}
