@@ -104,6 +104,23 @@ def test_gmm_samples_follow_their_component():
 
 
 @pytest.mark.slow
+def test_wae_learning_rate_schedule_is_optional_and_epoch_driven(tmp_path):
+    assert make().lr_decay == [] and make().lr_scale(99) == 1.0  # off by default (a named deviation)
+    wae = make(lr_decay={"epochs": [50, 30], "factors": [0.2, 0.5]})  # WAE [21] MNIST: /2 after 30, /5 after 50
+    assert [wae.lr_scale(e) for e in (0, 29, 30, 49, 50, 99)] == pytest.approx([1, 1, 0.5, 0.5, 0.1, 0.1])
+    for bad in ({"epochs": [30]}, {"epochs": [0], "factors": [0.5]}, {"epochs": [3], "factors": [0]},
+                {"epochs": [3], "factors": [0.5], "gamma": 2}):
+        with pytest.raises(ConfigError, match="lr_decay"):
+            make(lr_decay=bad)
+    overrides = ["method=hrwae_gan", "dataset=digits", "trainer=smoke", "logger=none", "trainer.max_epochs=3",
+                 "method.noise_attention.every_n_epochs=0",
+                 "method.lr_decay={epochs: [1, 2], factors: [0.5, 0.2]}"]
+    run(compose_cfg(overrides, tmp_path))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    lrs = sorted(g["lr"] for state in ckpt["optimizer_states"] for g in state["param_groups"])
+    assert lrs == pytest.approx([5e-4 * 0.1, 1e-3 * 0.1])  # the third epoch ran at both factors
+
+
 def test_smoke_fit_per_group_readouts_noise_attention_and_predict(tmp_path):
     overrides = ["method=hrwae_gan", "dataset=digits", "trainer=smoke", "logger=none", "method.n_groups=2",
                  "trainer.max_epochs=2", "method.noise_attention.every_n_epochs=1",

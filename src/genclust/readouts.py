@@ -214,7 +214,8 @@ def torch_threads_kept() -> Iterator[None]:
 
 
 def umap_neighbors(n: int, cap: int = 100, divisor: int = 300, floor: int = 2) -> int:
-    """HRWAE-GAN's Eq. 8 neighbour rule: n_neighbors = min(floor(N / 300), 100), at least ``floor``."""
+    """HRWAE-GAN's Eq. 8 neighbour rule: n_neighbors = min(floor(N / 300), 100); at least ``floor`` (ours: UMAP
+    needs 2 neighbours, Eq. 8 gives 0 or 1 below 600 points)."""
     return max(min(n // divisor, cap), floor)
 
 

@@ -3,7 +3,9 @@ papers/hrwae_gan.md), clustered after training by UMAP + HDBSCAN (and a GMM) on 
 
 Model (§3.1, ``genclust.nets.hrwae``): a hierarchical autoencoder with L latent groups z_0..z_{L-1};
 q(z_0 | x) from the deepest encoder map with prior N(0, I); the lower groups from encoder combiner cells
-with trainable priors p(z_l | z_<l). L = 1 is the plain relativistic WAE-GAN.
+with trainable priors p(z_l | z_<l). L = 1 is the plain relativistic WAE-GAN. The prior cells learn only
+through L_G (their draws are not detached in the autoencoder update, so L_G pulls each prior towards its
+posterior); nothing else anchors their scale. Ours: the thesis says only "trainable parameter cells".
 
 Per batch, two updates through the base's ``update()`` (manual optimization):
 
@@ -94,6 +96,7 @@ class HRWAEGAN(ClusteringMethod):
         group_weights: Sequence[float] | str = "halving",
         layer_matching_weight: float = 1.0,
         noise_attention: Mapping[str, Any] | None = None,
+        lr_decay: Mapping[str, Sequence[float]] | None = None,
         autocast: str = "none",
         divergence_check_every: int = 50,
     ) -> None:
@@ -125,6 +128,7 @@ class HRWAEGAN(ClusteringMethod):
         if unknown:
             raise ConfigError(f"hrwae_gan: unknown noise_attention keys {sorted(unknown)} (known: {sorted(NOISE_ATTENTION)})")
         self.noise_cfg = {**NOISE_ATTENTION, **dict(noise_attention or {})}
+        self.lr_decay = self._lr_decay_plan(lr_decay)
         if float(self.noise_cfg["factor"]) < 1.0:
             raise ConfigError(f"noise_attention.factor (kappa) must be >= 1, got {self.noise_cfg['factor']}")
         out_act = "sigmoid" if pixel_range == "unit" else "tanh"
@@ -153,6 +157,37 @@ class HRWAEGAN(ClusteringMethod):
         if target < side:
             raise ConfigError(f"hrwae_gan.pad_to {target} is smaller than the image side {side}")
         return target
+
+    @staticmethod
+    def _lr_decay_plan(cfg: Mapping[str, Sequence[float]] | None) -> list[tuple[int, float]]:
+        """[(epoch, factor), ...] sorted by epoch: after ``epoch`` epochs every learning rate is multiplied by
+        ``factor`` (WAE [21]'s MNIST schedule: epochs [30, 50], factors [0.5, 0.2])."""
+        if not cfg:
+            return []
+        unknown = set(cfg) - {"epochs", "factors"}
+        epochs, factors = list(cfg.get("epochs", [])), list(cfg.get("factors", []))
+        if unknown or len(epochs) != len(factors) or any(int(e) < 1 for e in epochs) or any(
+                not 0.0 < float(f) for f in factors):
+            raise ConfigError(f"hrwae_gan.lr_decay needs epochs (>= 1) and factors (> 0) of one length, got {dict(cfg)}")
+        return sorted((int(e), float(f)) for e, f in zip(epochs, factors))
+
+    def lr_scale(self, epoch: int) -> float:
+        """The learning-rate multiplier in (0-based) ``epoch``: the product of the factors already due."""
+        scale = 1.0
+        for after, factor in self.lr_decay:
+            scale *= factor if epoch >= after else 1.0
+        return scale
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        if not self.lr_decay:
+            return
+        scale = self.lr_scale(self.current_epoch)  # from the epoch alone: a resumed run gets the same rates
+        opts = self.optimizers()
+        for opt in opts if isinstance(opts, list) else [opts]:
+            for group in getattr(opt, "optimizer", opt).param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * scale
 
     def optimizer_names(self) -> list[str]:
         return ["discriminator", "autoencoder"]

@@ -1,8 +1,8 @@
 """HRWAE-GAN's networks (thesis §3.1, Fig. 2): a hierarchical autoencoder with L latent groups and one
 latent discriminator per group.
 
-Encoder: N strided conv cells (:class:`~genclust.nets.autoencoder.ConvEncoder`, 4x4 / stride 2, BN,
-LeakyReLU; §3.1.4) from the (padded) d x d image down to a 2 x 2 map, N = log2(d) - 1 (Eq. 7); its linear
+Encoder: N strided conv cells (:class:`~genclust.nets.autoencoder.ConvEncoder`, stride 2 and BN as §3.1.4 says;
+the 4x4 kernels and LeakyReLU are ours) from the (padded) d x d image down to a 2 x 2 map, N = log2(d) - 1 (Eq. 7); its linear
 head gives q(z_0 | x) = N(mu_0, diag exp(logvar_0)).
 
 Decoder: the mirror (:class:`~genclust.nets.autoencoder.ConvDecoder`): z_0 -> 2 x 2 map -> N transposed-conv
