@@ -1,10 +1,21 @@
 """Seed-0 reference assignments of every method on ``digits`` (smoke trainer): the refactor guard.
 
-``python -m tests.golden record`` runs each case and writes ``tests/data/golden_assignments.npz``; the
-test ``test_golden.py`` re-runs the same cases and compares. A case is (overrides, read-outs to record).
-Float kernels differ between CPU instruction sets (AVX2 vs AVX512), so the file records the host's
-fingerprint and the comparison runs on hosts of the same fingerprint only; runs use 2 threads
-(results depend on the thread count through oneDNN's reduction order).
+``tests/data/golden_assignments*.npz`` hold one reference per host kind, each recorded with the code before the
+seam-v2 refactor (65843b9) and each naming its host's fingerprint; ``test_golden.py`` re-runs the cases below and
+compares with the reference of this host's kind. Float kernels differ between CPU kinds (AVX2 vs AVX512, vendors,
+AMX), so a reference is compared on hosts of its fingerprint only; runs use 2 threads (results depend on the
+thread count through oneDNN's reduction order).
+
+* ``golden_assignments.npz``: AMD EPYC, AVX512-BF16 (2026-12-03; ``python -m tests.golden record`` at c166d35).
+* ``golden_assignments_intel_avx512bf16.npz``: Intel Xeon, AVX512-BF16 without AMX (2026-12-07). Recorded by
+  running this file's cases on 65843b9 in its own keys (``method.precision='32' trainer.limit_train_batches=6``
+  for ClusterGAN, ``method.dim=16 trainer.limit_train_batches=12`` for UDC, ``method.n_refinements=1
+  method.raw_epochs=2 method.refine_epochs=2`` (n_clusters 4) for HC-MGAN, ``OMP_NUM_THREADS=2``), then storing this
+  module's fingerprint with it. 65843b9's digits config runs ClusterGAN in bf16 unless told ``precision='32'``:
+  on a bf16-capable host a recording without it is a bf16 run, not the float32 reference.
+
+``python -m tests.golden record PATH`` records the *current* code's assignments on this host to PATH: a
+regression snapshot, not a refactor guard (use it on 65843b9 for a new host kind, as above).
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT / "tests" / "data" / "golden_assignments.npz"
+GOLDEN_DIR = ROOT / "tests" / "data"
+GOLDEN = GOLDEN_DIR / "golden_assignments.npz"  # the first reference (AMD EPYC host)
 COMMON = ["dataset=digits", "trainer=smoke", "logger=none", "seed=0", "callbacks.evaluator.every_n_epochs=0",
           "callbacks.evaluator.save_figures=false", "callbacks.evaluator.mode_samples=0"]
 
@@ -61,6 +73,11 @@ def recording_threads():
         torch.set_num_threads(threads)
 
 
+def references() -> dict[str, Path]:
+    """Host fingerprint -> reference file, for every recorded host kind."""
+    return {str(np.load(path)["capability"]): path for path in sorted(GOLDEN_DIR.glob("golden_assignments*.npz"))}
+
+
 def run_case(name: str, out_dir: Path) -> dict[str, np.ndarray]:
     """Train one case and return its assignments (argmax and every read-out) per eval split."""
     from genclust.train import run
@@ -76,15 +93,16 @@ def run_case(name: str, out_dir: Path) -> dict[str, np.ndarray]:
 def main() -> None:
     import tempfile
 
-    if sys.argv[1:] != ["record"]:
-        sys.exit("usage: python -m tests.golden record")
+    if len(sys.argv) != 3 or sys.argv[1] != "record":
+        sys.exit("usage: python -m tests.golden record PATH  (the current code's assignments on this host)")
+    target = Path(sys.argv[2])
     out: dict[str, np.ndarray] = {"capability": np.array(cpu_capability())}
     with tempfile.TemporaryDirectory() as tmp:
         for name in CASES:
             out.update(run_case(name, Path(tmp) / name))
-    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(GOLDEN, **out)
-    print(f"wrote {GOLDEN}: {sorted(out)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(target, **out)
+    print(f"wrote {target}: {sorted(out)}")
 
 
 if __name__ == "__main__":
