@@ -84,3 +84,83 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert good["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+
+
+class SamplingProbe(EntropyProbe):
+    """Draws from its own soft assignment every step: NaN weights break the next forward (torch.multinomial)."""
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        torch.multinomial(self.cluster_probs(x), 1)  # raises on NaN probabilities
+        super().training_step(batch, batch_idx)
+
+
+def test_divergence_between_checks_stops_before_the_epoch_checkpoint(tmp_path):
+    # the per-batch check is every 50 batches: the epoch-end guard must stop the run before the NaN model is
+    # evaluated or checkpointed, naming the loss
+    cfg = probe_cfg(tmp_path, nan_at_step=7, divergence_check_every=50)
+    with pytest.raises(DivergenceError, match=r"training loss \(main\) became NaN/inf in epoch 1.*last good checkpoint"):
+        run(cfg)
+    good = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert good["global_step"] == 5
+
+
+def test_a_crash_caused_by_divergence_is_reported_as_divergence(tmp_path):
+    cfg = probe_cfg(tmp_path, nan_at_step=7, divergence_check_every=50)
+    cfg.method._target_ = "tests.test_lifecycle.SamplingProbe"
+    with pytest.raises(DivergenceError, match=r"diverged \(main NaN/inf\) and then failed with RuntimeError"):
+        run(cfg)
+
+
+def test_the_message_names_only_the_losses_that_diverged():
+    probe = EntropyProbe(3, [1, 2, 2])
+    probe.watch_loss("critic", torch.tensor(1.0))
+    probe.watch_loss("generator", torch.tensor(float("inf")))
+    probe.watch_loss("critic", torch.tensor(2.0))
+    assert probe.diverged_losses() == ["generator"]
+    with pytest.raises(DivergenceError, match=r"\(generator\)"):
+        probe.raise_if_diverged()
+
+
+def test_the_end_of_training_is_checkpointed_off_the_interval(tmp_path):
+    cfg = probe_cfg(tmp_path)
+    cfg.trainer.max_epochs = 3
+    cfg.callbacks.model_checkpoint.every_n_epochs = 2  # epochs 0-1 checkpointed by the interval, epoch 2 by the guard
+    run(cfg)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 15
+    again = run(cfg)  # re-running the finished folder trains nothing more
+    assert again["global_step"] == 15 and not again.get("history")
+
+
+@pytest.mark.parametrize("method", [
+    ["method=clustergan", "method.autocast=none", "method.n_critic=2"],
+    ["method=udc", "method.autocast=none", "method.n_critic=2", "method.nets.generator.dim=8",
+     "method.nets.critic.dim=8", "method.nets.classifier.dim=8"],
+], ids=["clustergan", "udc"])
+def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, method):
+    """Random streams travel in the checkpoint (and UDC's cycle across an epoch's end), so stopping after epoch 1
+    and resuming gives the uninterrupted run's model bit for bit."""
+    common = ["dataset=digits", "trainer=smoke", "logger=none", "trainer.limit_train_batches=5",
+              "callbacks.evaluator.every_n_epochs=0", "callbacks.evaluator.save_figures=false",
+              "callbacks.evaluator.mode_samples=0", "reference_kmeans=false", *method]
+    whole = compose_cfg([*common, "trainer.max_epochs=2"], output_dir=tmp_path / "whole")
+    run(whole)
+    part = compose_cfg([*common, "trainer.max_epochs=1"], output_dir=tmp_path / "part")
+    run(part)
+    part.trainer.max_epochs = 2
+    run(part)
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)["state_dict"]
+    assert_same_state(a, b)
+
+
+def assert_same_state(a, b, where="state_dict"):
+    assert type(a) is type(b) and (not isinstance(a, dict) or a.keys() == b.keys()), where
+    if isinstance(a, dict):
+        for key in a:
+            assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where

@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from genclust.evaluation import reference
     from genclust.evaluation.callback import ClusteringEvaluator
+    from genclust.methods.base import RunGuard
     from genclust.progress import progress_callbacks
 
     run_dir = Path(cfg.paths.output_dir)
@@ -117,7 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if precision is not None:
             overrides.setdefault("precision", precision)
         overrides.setdefault("enable_progress_bar", show_bar)
-        return instantiate(cfg.trainer, callbacks=callbacks + progress_cbs, logger=loggers or False,
+        # RunGuard first: its epoch-end divergence check runs before the evaluator and the checkpoint
+        return instantiate(cfg.trainer, callbacks=[RunGuard(), *callbacks, *progress_cbs], logger=loggers or False,
                            default_root_dir=str(run_dir), **overrides)
 
     ckpt_path = cfg.get("ckpt_path")
@@ -130,8 +132,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer = method.fit_method(make_trainer, datamodule, ckpt_path=ckpt_path)
     except DivergenceError as err:
-        kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was saved before it"
-        raise DivergenceError(f"{err}; training stopped ({kept})") from err
+        raise DivergenceError(f"{err}; training stopped ({_kept(last)})") from err
+    except GenclustError:
+        raise
+    except Exception as err:
+        # a NaN that arrives between two divergence checks often breaks the next forward pass first (BCE on NaN
+        # images, sampling from NaN probabilities): name the divergence, not the symptom
+        bad = method.diverged_losses() or method.nonfinite_parameters()
+        if not bad:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise DivergenceError(f"{type(method).__name__}: training diverged ({', '.join(bad[:3])} NaN/inf) and then "
+                              f"failed with {type(err).__name__}: {first}; training stopped ({_kept(last)})") from err
 
     # Lightning's teardown moved the model to the CPU; fit the read-outs and evaluate (and gather, NCCL
     # included) on the device it trained on. Read-outs (k-means / UMAP+HDBSCAN / tree cuts on an
@@ -165,6 +177,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               f"ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}"
               f"{reference.result_line(result)}  -> {run_dir}")
     return result
+
+
+def _kept(last: Path) -> str:
+    return f"last good checkpoint: {last}" if last.is_file() else "no checkpoint was saved before it"
 
 
 def _close_loggers() -> None:

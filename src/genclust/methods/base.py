@@ -29,10 +29,12 @@ Training batches are ``(x, idx)``: labels never reach a method's training code.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
@@ -55,6 +57,8 @@ class ClusteringMethod(pl.LightningModule):
 
     #: True for methods that can draw images (sample grids, per-cluster grids).
     generative: bool = False
+    #: RunGuard writes last.ckpt at the end of training when the newest checkpoint is older than the model
+    save_at_stop: bool = True
 
     def __init__(
         self,
@@ -70,8 +74,8 @@ class ClusteringMethod(pl.LightningModule):
         autocast: str = "none",
     ) -> None:
         super().__init__()
-        if int(n_clusters) < 1:
-            raise ConfigError(f"n_clusters must be >= 1, got {n_clusters}")
+        if isinstance(n_clusters, bool) or not float(n_clusters).is_integer() or int(n_clusters) < 1:
+            raise ConfigError(f"n_clusters must be a whole number >= 1, got {n_clusters}")
         if pixel_range not in PIXEL_RANGES:
             raise ConfigError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
         if int(batch_size) < 1:
@@ -90,9 +94,8 @@ class ClusteringMethod(pl.LightningModule):
                               f"got {clustering!r}")
         self.clustering = clustering
         self.autocast_request = check_autocast(autocast)
-        # Accumulates "some loss was not finite" without a host sync per step.
-        self.register_buffer("_nonfinite", torch.zeros((), dtype=torch.bool), persistent=False)
-        self._nonfinite_names: list[str] = []
+        # Per watched loss: "it was not finite at some step", accumulated on the device (no host sync per step).
+        self._nonfinite: dict[str, Tensor] = {}
         self._epoch_sums: dict[str, Tensor] = {}  # log_epoch_mean's running sums (on the device) and counts
         self._epoch_counts: dict[str, int] = {}
 
@@ -229,9 +232,8 @@ class ClusteringMethod(pl.LightningModule):
     def watch_loss(self, name: str, loss: Tensor) -> None:
         """Record (without a device sync) whether ``loss`` is finite."""
         bad = ~torch.isfinite(loss.detach()).all()
-        self._nonfinite = self._nonfinite | bad
-        if name not in self._nonfinite_names:
-            self._nonfinite_names.append(name)
+        seen = self._nonfinite.get(name)
+        self._nonfinite[name] = bad if seen is None else seen | bad
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # One host sync every `divergence_check_every` steps, and at the last batch.
@@ -276,13 +278,27 @@ class ClusteringMethod(pl.LightningModule):
             done = max(done, (trainer.current_epoch + (batch_idx + 1) / n_batches) / trainer.max_epochs)
         return min(max(done, 0.0), 1.0)
 
-    def raise_if_diverged(self) -> None:
-        if bool(self._nonfinite):
-            epoch = self.trainer.current_epoch if self._trainer is not None else -1
-            raise DivergenceError(
-                f"{type(self).__name__}: a training loss ({', '.join(self._nonfinite_names)}) became NaN/inf "
-                f"in epoch {epoch}"
-            )
+    def diverged_losses(self) -> list[str]:
+        """The watched losses that were NaN/inf at some step (one host sync; more only when some were)."""
+        if not self._nonfinite or not bool(torch.stack(list(self._nonfinite.values())).any()):
+            return []
+        return [name for name, bad in self._nonfinite.items() if bool(bad)]
+
+    def nonfinite_parameters(self) -> list[str]:
+        """Names of parameters holding NaN/inf (a step can go bad with finite losses: an inf gradient)."""
+        return [name for name, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+
+    def raise_if_diverged(self, check_parameters: bool = False) -> None:
+        bad = self.diverged_losses()
+        where = f"in epoch {self.trainer.current_epoch}" if self._trainer is not None else "in training"
+        if bad:
+            raise DivergenceError(f"{type(self).__name__}: a training loss ({', '.join(bad)}) became NaN/inf {where}")
+        if check_parameters:
+            params = self.nonfinite_parameters()
+            if params:
+                more = f" and {len(params) - 3} more" if len(params) > 3 else ""
+                raise DivergenceError(f"{type(self).__name__}: parameters {', '.join(params[:3])}{more} became NaN/inf "
+                                      f"{where}")
 
     # ------------------------------------------------------------------- helpers
     def to_unit_range(self, x: Tensor) -> Tensor:
@@ -356,7 +372,13 @@ class ClusteringMethod(pl.LightningModule):
             if isinstance(module, ExampleState):
                 module.sync()
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "genclust_rng" in checkpoint:
+            restore_rng_states(checkpoint["genclust_rng"])
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the random streams as they stand: a resumed run draws what the uninterrupted run would have drawn
+        checkpoint["genclust_rng"] = rng_states()
         # Lightning collected the state_dict before this hook: re-read the merged per-example tables.
         names = {name for name, m in self.named_modules() if isinstance(m, ExampleState)}
         if not names:
@@ -394,6 +416,76 @@ class ClusteringMethod(pl.LightningModule):
 
     def readout_info(self) -> dict[str, Any]:
         return {name: r.describe() for name, r in self.readouts.items()}
+
+
+class RunGuard(pl.Callback):
+    """train.py puts this first among a trainer's callbacks.
+
+    * At each epoch's end, before the evaluator and the checkpoint: stop on a NaN/inf loss or parameter
+      (``raise_if_diverged``), so no evaluation reads a diverged model and no checkpoint stores one: the
+      last checkpoint stays the last good one.
+    * At the end of training (max_epochs, or ``max_time`` mid-epoch): write ``last.ckpt`` when the newest
+      checkpoint is older than the model (a run whose end falls off ``every_n_epochs``), so re-running the
+      folder resumes from the end instead of retraining its last epochs. Methods that checkpoint their own
+      stages (HC-MGAN's tree) set ``save_at_stop = False``.
+    """
+
+    def __init__(self) -> None:
+        self._saved_step: int | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._saved_step = trainer.global_step  # a resumed run: what its checkpoint held
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if isinstance(pl_module, ClusteringMethod):
+            pl_module.raise_if_diverged(check_parameters=True)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        callback = trainer.checkpoint_callback
+        if (callback is None or not getattr(pl_module, "save_at_stop", True) or trainer.global_step == self._saved_step
+                or getattr(callback, "dirpath", None) is None):
+            return
+        if isinstance(pl_module, ClusteringMethod):
+            pl_module.raise_if_diverged(check_parameters=True)  # never write a diverged model as the last one
+        last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+        if trainer.is_global_zero:
+            last.parent.mkdir(parents=True, exist_ok=True)
+            if last.is_symlink():  # save_last: link points at the older epoch's file: replace the link
+                last.unlink()
+        trainer.strategy.barrier()
+        trainer.save_checkpoint(last)
+
+
+def rng_states() -> dict[str, Any]:
+    """torch (CPU, CUDA), numpy and Python random states as tensors and ints (loads with weights_only=True)."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt, gauss = random.getstate()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
+                   "gauss": None if gauss is None else float(gauss)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: Mapping[str, Any]) -> None:
+    """Undo ``rng_states``: each process's streams continue where the checkpoint's left off."""
+    torch.set_rng_state(states["torch"].cpu())
+    np_state = states["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _one_hot_or(probs: Tensor | None, labels: Tensor, width: int) -> Tensor:

@@ -220,10 +220,26 @@ class UDC(ClusteringMethod):
             return max(int(trainer.max_steps / per), 1)
         return None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # a cycle (N_critic critic steps on pre-drawn fakes, then C and G) may straddle the checkpoint's epoch end:
+        # keep its fakes and position so that a resumed run finishes the same cycle
+        fakes = None if self._fakes is None else {k: [t.detach().cpu() for t in v] for k, v in self._fakes.items()}
+        checkpoint["udc_cycle"] = {"critic_in_cycle": self._critic_in_cycle, "critic_calls": self._critic_calls,
+                                   "fakes": fakes}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._restored_cycle = checkpoint.get("udc_cycle")
+
     def on_train_start(self) -> None:
         self._t = int(self.gen_steps)  # resume: one host read, once
-        self._critic_in_cycle = 0
+        cycle, self._restored_cycle = getattr(self, "_restored_cycle", None), None
+        self._critic_in_cycle = int(cycle["critic_in_cycle"]) if cycle else 0
+        self._critic_calls = int(cycle["critic_calls"]) if cycle else self._critic_calls
         self._fakes = None
+        if cycle and cycle["fakes"] is not None:
+            self._fakes = {k: [t.to(self.device) for t in v] for k, v in cycle["fakes"].items()}
         self._stair = 0
         on_clock = self.time_budget_s() is not None
         auto = self.hparams.tau == "auto"

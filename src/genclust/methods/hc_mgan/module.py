@@ -56,6 +56,7 @@ CUT_KEY = re.compile(r"readouts\.k(\d+)\._extra_state")
 
 class HCMGAN(ClusteringMethod):
     generative = True
+    save_at_stop = False  # stages checkpoint themselves (the tree, <run>/tree/); RunGuard leaves last.ckpt alone
 
     def __init__(
         self,
