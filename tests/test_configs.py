@@ -42,3 +42,15 @@ def test_compose_every_trainer(trainer):
 def test_struct_mode_rejects_typos():
     with pytest.raises(Exception, match="sed"):
         compose_cfg(["sed=1"])
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_the_methods_k_reaches_its_read_outs(method):
+    """method.n_clusters=K is the K of every read-out (and of umap_kmeans' UMAP), not the dataset's class count."""
+    cfg = OmegaConf.to_container(compose_cfg([f"method={method}", "dataset=digits", "method.n_clusters=4"]).method,
+                                 resolve=True)
+    assert cfg["n_clusters"] == 4
+    for name, readout in (cfg.get("readouts") or {}).items():
+        assert readout.get("n_clusters", 4) == 4, name
+    if method == "umap_kmeans":
+        assert cfg["n_components"] == 4

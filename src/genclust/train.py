@@ -95,8 +95,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")  # load now: data errors surface before any model work
     if method.n_clusters > len(datamodule.fit_set):
         raise GenclustError(f"n_clusters={method.n_clusters} exceeds the {len(datamodule.fit_set)} examples")
-    log.info("method %s on %s: %d examples to cluster into K=%d", type(method).__name__, datamodule.name,
-             len(datamodule.fit_set), method.n_clusters)
+    log.info("method %s on %s: %d examples to cluster into K=%d%s", type(method).__name__, datamodule.name,
+             len(datamodule.fit_set), method.n_clusters,
+             f" (the dataset has {datamodule.n_clusters} classes)" if method.n_clusters != datamodule.n_clusters else "")
 
     loggers = [instantiate(c) for c in (cfg.logger or {}).values() if c is not None and "_target_" in c]
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
@@ -153,7 +154,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method.fit_readouts(datamodule.fit_set.x, evaluator.batch_size)
 
     extra = {"method": cfg.get("method_name"), "dataset": datamodule.name, "seed": cfg.seed,
-             "run_dir": str(run_dir)}
+             "n_clusters": method.n_clusters, "run_dir": str(run_dir)}  # the method's K (protocol: the dataset's)
     if trainer is not None:
         extra.update(epochs=trainer.current_epoch, global_step=trainer.global_step,
                      precision=str(trainer.precision))

@@ -88,7 +88,10 @@ class ClusteringDataModule(pl.LightningDataModule):
                 raise ConfigError(f"dataset config lacks '{key}'")
         self.name = str(self.config["name"])
         self.kind = str(self.config.get("kind", "image" if len(self.config["img_shape"]) == 3 else "vector"))
-        self.n_clusters = int(self.config["n_clusters"])
+        k = self.config["n_clusters"]
+        if isinstance(k, bool) or not float(k).is_integer():
+            raise ConfigError(f"dataset '{self.name}': n_clusters must be a whole number, got {k}")
+        self.n_clusters = int(k)
         self.img_shape = tuple(int(s) for s in self.config["img_shape"])
         self.fit_on = [str(p) for p in self.config["fit_on"]]
         self.evaluate_on = {str(k): [str(p) for p in v] for k, v in dict(self.config["evaluate_on"]).items()}
