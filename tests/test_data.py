@@ -190,3 +190,17 @@ def test_fmnist5_grouping():
                   "fit_on": ["test"], "evaluate_on": {"test": ["test"]}}, data_dir=DATA_DIR)
     counts = np.bincount(dm.eval_sets["test"].y.numpy())
     assert counts.tolist() == [1000 * len(g) for g in FASHION_5_GROUPS]
+
+
+def test_files_of_the_other_set_in_the_data_folder_itself_are_refused(tmp_path):
+    """MNIST and Fashion-MNIST share file names: Fashion's files loose in data_dir are not MNIST."""
+    import shutil
+
+    from genclust.data.sources import BUNDLED, load_idx_part
+
+    for f in BUNDLED["fashion_mnist"].glob("t10k-*.gz"):
+        shutil.copy(f, tmp_path / f.name)
+    with pytest.raises(DataError, match="are fashion_mnist's"):
+        load_idx_part("mnist", "test", tmp_path)
+    x, y = load_idx_part("fashion_mnist", "test", tmp_path)  # the right name: read
+    assert x.shape == (10_000, 1, 28, 28) and y[:3].tolist() == [9, 2, 1]

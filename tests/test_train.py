@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tests.helpers import ROOT, compose_cfg, options, requires_mnist_test, run_cli
 
@@ -156,6 +157,26 @@ def test_umap_kmeans_reference_clusters_new_data_as_the_run_did(tmp_path):
     again = np.load(tmp_path / "again.npz")
     for key in stored.files:
         np.testing.assert_array_equal(again[key], stored[key], err_msg=key)
+    # other images under the same dataset name (another data folder): the stored fit-set coordinates do not apply
+    import genclust.evaluation.callback as callback
+
+    given = []
+    real_predict_set = callback.predict_set
+
+    def spy(method, data, fit_set=None, **kw):
+        given.append(fit_set is not None)
+        return real_predict_set(method, data, fit_set=fit_set, **kw)
+
+    callback.predict_set = spy
+    try:
+        predict(tmp_path, out=tmp_path / "same.npz")
+        saved = torch.load(tmp_path / "model.pt", weights_only=False)
+        saved["fit_set_digest"] = "[1437, 1, 8, 8]|float32|other images"
+        torch.save(saved, tmp_path / "model.pt")
+        predict(tmp_path, out=tmp_path / "other.npz")
+    finally:
+        callback.predict_set = real_predict_set
+    assert given == [True, True, False, False]  # train and test split, each run
 
 
 @requires_mnist_test

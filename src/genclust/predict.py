@@ -49,6 +49,7 @@ def load_run(path: Path) -> tuple[object, dict, Path]:
         cfg = OmegaConf.create(torch.load(model_file, map_location="cpu", weights_only=False)["config"])
     method = instantiate(cfg.method, _convert_="all")
     method.load_state_dict(saved["state_dict"])
+    method.fit_set_digest = saved.get("fit_set_digest")  # absent in runs before 2026-12-07
     method.eval()
     return method, cfg, run_dir
 
@@ -101,7 +102,12 @@ def predict(run: Path, dataset: str | None = None, data_dir: str | None = None, 
                             f"{', '.join(dm.eval_sets)}")
     eval_sets = {name: data for name, data in dm.eval_sets.items() if not splits or name in splits}
     predictions, result = {}, {}
-    same_data = dm.name == cfg.dataset.name  # the training examples keep their fit-set index (stored state)
+    # the training examples keep their fit-set index (stored per-example results: UMAP coordinates, CGM's latents)
+    # only when they are the run's own fit set: the same content, not only the same dataset name
+    from genclust.data.datamodule import content_digest
+
+    same_data = dm.name == cfg.dataset.name and (
+        method.fit_set_digest is None or method.fit_set_digest == content_digest(dm.fit_set.x))
     from_checkpoint = Path(run).is_file() or not (run_dir / "model.pt").is_file()
     if from_checkpoint:
         # Lightning checkpoints are written before train.py fits the read-outs (model.pt carries them): fit

@@ -227,11 +227,10 @@ _UMAP_TRANSFORMS: dict[tuple, tuple[Any, np.ndarray]] = {}
 _UMAP_MEMO_SIZE = 4
 
 
-def _digest(x: np.ndarray) -> tuple:
-    import hashlib
+def _digest(x: np.ndarray) -> str:
+    from genclust.data.datamodule import content_digest
 
-    x = np.ascontiguousarray(x)
-    return x.shape, str(x.dtype), hashlib.sha1(x.tobytes()).hexdigest()
+    return content_digest(x)
 
 
 def _remember(memo: dict, key: tuple, value: tuple) -> None:

@@ -93,6 +93,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     method = instantiate(cfg.method, _convert_="all")
     datamodule = build_datamodule(cfg, method)
     datamodule.setup("fit")  # load now: data errors surface before any model work
+    from genclust.data.datamodule import content_digest
+
+    method.fit_set_digest = content_digest(datamodule.fit_set.x)
     if method.n_clusters > len(datamodule.fit_set):
         raise GenclustError(f"n_clusters={method.n_clusters} exceeds the {len(datamodule.fit_set)} examples")
     log.info("method %s on %s: %d examples to cluster into K=%d%s", type(method).__name__, datamodule.name,
@@ -168,8 +171,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         extra.update(reference.kmeans_reference(method, datamodule, cfg.seed))
     result = evaluator.final(method, datamodule, loggers=loggers, extra=extra, step=step)
     if trainer is None or trainer.is_global_zero:
-        torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)},
-                   run_dir / "model.pt")
+        torch.save({"state_dict": method.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                    "fit_set_digest": method.fit_set_digest}, run_dir / "model.pt")
         # what the headline is: the primary eval split, and the read-out when it is not the method's own
         scored = next(iter(datamodule.eval_sets))
         clustering = getattr(method, "clustering", "argmax")

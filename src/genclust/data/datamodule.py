@@ -32,6 +32,15 @@ from genclust.errors import ConfigError, DataError
 PIXEL_RANGES = ("unit", "tanh")
 
 
+def content_digest(x: Tensor | np.ndarray) -> str:
+    """shape, dtype and SHA-1 of an array's bytes: which data a run was fitted on (two datasets with the same
+    name and shape, e.g. MNIST and Fashion-MNIST files in one folder, differ here)."""
+    import hashlib
+
+    a = np.ascontiguousarray(x.detach().cpu().numpy() if isinstance(x, Tensor) else x)
+    return f"{list(a.shape)}|{a.dtype}|{hashlib.sha1(a.tobytes()).hexdigest()}"
+
+
 @dataclass
 class TensorSet:
     """Examples ``x``, labels ``y`` (evaluation only) and dataset indices ``idx``."""

@@ -43,6 +43,26 @@ BUNDLED = {"fashion_mnist": Path(__file__).resolve().parent / "bundled" / "fashi
 FASHION_5_GROUPS = ((0, 3), (1,), (2, 4, 6), (8,), (5, 7, 9))
 
 
+# The first ten labels of each official part: MNIST and Fashion-MNIST share file names and shapes, so files found
+# directly in data_dir (not in a dataset's own subfolder) are checked against the other set's signature.
+LABEL_SIGNATURES = {("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
+                    ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
+                    ("fashion_mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
+                    ("fashion_mnist", "train"): (9, 0, 0, 3, 0, 2, 7, 2, 5, 5)}
+PART_SIZES = {"test": 10_000, "train": 60_000}
+
+
+def _check_identity(which: str, part: str, labels: np.ndarray, path: Path) -> None:
+    """A DataError when ``labels`` are the official files of the *other* set (MNIST for Fashion-MNIST or back)."""
+    if len(labels) != PART_SIZES[part]:
+        return
+    head = tuple(int(v) for v in labels[:10])
+    for other in IDX_SETS:
+        if other != which and head == LABEL_SIGNATURES[(other, part)]:
+            raise DataError(f"the IDX files read for {which} {part} ({path}) are {other}'s: put each set in its own "
+                            f"folder ({IDX_SETS[which][1]}/ or {IDX_SETS[which][0]}/raw/ under the data folder)")
+
+
 def _find_file(folders: Sequence[Path], stem: str) -> Path | None:
     for folder in folders:
         for name in (stem + ".gz", stem):
@@ -93,6 +113,9 @@ def load_idx_part(which: str, part: str, data_dir: str | Path = "data", download
                         f"paths.data_dir=...) to a folder holding the IDX files, or run once online "
                         f"with paths.download=true")
     x, y = read_idx(images), read_idx(labels)
+    log.info("%s %s: %s", which, part, images)
+    if y.ndim == 1:
+        _check_identity(which, part, y, labels)
     if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"corrupt {which} '{part}': images {x.shape} and labels {y.shape} do not match "
                         f"({images}, {labels}). Fix: delete them and download them again")

@@ -96,6 +96,7 @@ class ClusteringMethod(pl.LightningModule):
         self.autocast_request = check_autocast(autocast)
         # Per watched loss: "it was not finite at some step", accumulated on the device (no host sync per step).
         self._nonfinite: dict[str, Tensor] = {}
+        self.fit_set_digest: str | None = None  # train.py: content_digest of the fit set (saved with the model)
         self._epoch_sums: dict[str, Tensor] = {}  # log_epoch_mean's running sums (on the device) and counts
         self._epoch_counts: dict[str, int] = {}
 
@@ -379,6 +380,8 @@ class ClusteringMethod(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random streams as they stand: a resumed run draws what the uninterrupted run would have drawn
         checkpoint["genclust_rng"] = rng_states()
+        if self.fit_set_digest:  # which data the fit set was (predict.py: stored per-example results apply to it only)
+            checkpoint["fit_set_digest"] = self.fit_set_digest
         # Lightning collected the state_dict before this hook: re-read the merged per-example tables.
         names = {name for name, m in self.named_modules() if isinstance(m, ExampleState)}
         if not names:
