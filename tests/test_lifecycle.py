@@ -164,3 +164,25 @@ def assert_same_state(a, b, where="state_dict"):
         assert torch.equal(a, b), where
     else:
         assert a == b, where
+
+
+def test_a_run_folder_resumes_only_its_own_run(tmp_path):
+    from genclust.errors import GenclustError
+    from genclust.predict import predict
+
+    cfg = probe_cfg(tmp_path)
+    cfg.trainer.max_epochs = 1
+    run(cfg)
+    other = probe_cfg(tmp_path)
+    other.seed = 7
+    with pytest.raises(GenclustError, match=r"written by another run: seed 0 \(now 7\)"):
+        run(other)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    last.unlink()  # a link (save_last: link): write a truncated copy in its place
+    last.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GenclustError, match="cannot be read"):
+        run(cfg)
+    (tmp_path / "model.pt").write_bytes(b"not a model")
+    with pytest.raises(GenclustError, match="cannot be read"):
+        predict(tmp_path)

@@ -42,7 +42,10 @@ def load_run(path: Path) -> tuple[object, dict, Path]:
         raise GenclustError(f"{run_dir} is not a run folder (no .hydra/config.yaml or model.pt)")
     if not weights.is_file():
         raise GenclustError(f"no trained weights in {run_dir} (model.pt or checkpoints/last.ckpt)")
-    saved = torch.load(weights, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(weights, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated / not a model file: one line
+        raise GenclustError(f"{weights} cannot be read ({type(err).__name__}); the run's model is damaged") from err
     if cfg_file.is_file():
         cfg = OmegaConf.load(cfg_file)
     else:  # a run made in-process (tests, notebooks): model.pt carries the resolved config

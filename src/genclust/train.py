@@ -128,9 +128,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_path = cfg.get("ckpt_path")
     last = run_dir / "checkpoints" / "last.ckpt"
+    method.run_identity = {"method": cfg.get("method_name"), "dataset": datamodule.name, "seed": cfg.seed,
+                           "fit_set_digest": method.fit_set_digest}
     if ckpt_path is None and last.is_file():
         ckpt_path = str(last)
         log.info("resuming from %s", ckpt_path)
+        check_resumable(last, method.run_identity)
+    elif ckpt_path is not None:
+        check_resumable(Path(ckpt_path), method.run_identity, strict=False)
 
     trainer = None
     try:
@@ -181,6 +186,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
               f"ACC {result['acc']:.4f}  NMI {result['nmi']:.4f}  ARI {result['ari']:.4f}"
               f"{reference.result_line(result)}  -> {run_dir}")
     return result
+
+
+def check_resumable(path: Path, identity: dict[str, Any], strict: bool = True) -> None:
+    """A checkpoint that cannot be read, or (``strict``: the run folder's own last.ckpt) one written by another
+    method, dataset, seed or fit set, is a one-line error rather than a traceback or a silent mix of two runs."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - truncated / not a checkpoint: one line
+        raise GenclustError(f"checkpoint {path} cannot be read ({type(err).__name__}: "
+                            f"{(str(err).strip().splitlines() or [''])[0][:120]}); delete it to start over, "
+                            "or point ckpt_path= at a good one") from err
+    recorded = saved.get("genclust_run") if isinstance(saved, dict) else None
+    if not recorded:
+        return  # written before 2026-12-07 (or by another tool): nothing to compare
+    differ = [f"{key} {recorded.get(key)!r} (now {value!r})" for key, value in identity.items()
+              if key in recorded and recorded.get(key) != value]
+    if not differ:
+        return
+    message = (f"{path} was written by another run: {'; '.join(differ)}. Use a new output folder "
+               "(hydra.run.dir=... or paths.output_dir=...), or ckpt_path=<file> to start from it on purpose")
+    if strict:
+        raise GenclustError(message)
+    log.warning("starting from a checkpoint of another run: %s", "; ".join(differ))
 
 
 def _kept(last: Path) -> str:

@@ -97,6 +97,7 @@ class ClusteringMethod(pl.LightningModule):
         # Per watched loss: "it was not finite at some step", accumulated on the device (no host sync per step).
         self._nonfinite: dict[str, Tensor] = {}
         self.fit_set_digest: str | None = None  # train.py: content_digest of the fit set (saved with the model)
+        self.run_identity: dict[str, Any] = {}  # train.py: method, dataset, seed, fit set (saved in checkpoints)
         self._epoch_sums: dict[str, Tensor] = {}  # log_epoch_mean's running sums (on the device) and counts
         self._epoch_counts: dict[str, int] = {}
 
@@ -382,6 +383,8 @@ class ClusteringMethod(pl.LightningModule):
         checkpoint["genclust_rng"] = rng_states()
         if self.fit_set_digest:  # which data the fit set was (predict.py: stored per-example results apply to it only)
             checkpoint["fit_set_digest"] = self.fit_set_digest
+        if self.run_identity:  # train.py refuses to resume a run folder's checkpoint under another method/data/seed
+            checkpoint["genclust_run"] = dict(self.run_identity)
         # Lightning collected the state_dict before this hook: re-read the merged per-example tables.
         names = {name for name, m in self.named_modules() if isinstance(m, ExampleState)}
         if not names:
