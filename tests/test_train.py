@@ -63,12 +63,13 @@ def test_unknown_option_is_one_line(tmp_path, group):
         assert known in lines[0]
 
 
-@pytest.mark.parametrize("override", ["method.n_clusters=0", "dataset.n_clusters=0"])
+@pytest.mark.parametrize("override", ["method.n_clusters=0", "dataset.n_clusters=0", "method.n_clusters=1.5",
+                                      "dataset.n_clusters=2.5"])
 def test_impossible_k_is_one_line(tmp_path, override):
     proc = run_cli([override, "method=kmeans"], tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "n_clusters must be >= 1" in lines[0], proc.stderr[-2000:]
+    assert len(lines) == 1 and "n_clusters must be a whole number" in lines[0], proc.stderr[-2000:]
 
 
 def test_k_larger_than_the_data_is_one_line(tmp_path):
@@ -98,7 +99,7 @@ def test_a_failed_job_does_not_end_the_multirun(tmp_path):
     proc = run_cli(["-m", "method=kmeans", "dataset=digits", "method.n_clusters=0,3", "++method.n_init=1",
                     f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "n_clusters must be >= 1" in proc.stderr
+    assert "n_clusters must be a whole number >= 1" in proc.stderr
     assert not (tmp_path / "sweep" / "0" / "metrics.json").exists()
     assert (tmp_path / "sweep" / "1" / "metrics.json").is_file()
 
