@@ -103,7 +103,6 @@ def test_gmm_samples_follow_their_component():
     assert draws.mean().item() == pytest.approx(5.0, abs=0.1)
 
 
-@pytest.mark.slow
 def test_wae_learning_rate_schedule_is_optional_and_epoch_driven(tmp_path):
     assert make().lr_decay == [] and make().lr_scale(99) == 1.0  # off by default (a named deviation)
     wae = make(lr_decay={"epochs": [50, 30], "factors": [0.2, 0.5]})  # WAE [21] MNIST: /2 after 30, /5 after 50
@@ -121,6 +120,7 @@ def test_wae_learning_rate_schedule_is_optional_and_epoch_driven(tmp_path):
     assert lrs == pytest.approx([5e-4 * 0.1, 1e-3 * 0.1])  # the third epoch ran at both factors
 
 
+@pytest.mark.slow
 def test_smoke_fit_per_group_readouts_noise_attention_and_predict(tmp_path):
     overrides = ["method=hrwae_gan", "dataset=digits", "trainer=smoke", "logger=none", "method.n_groups=2",
                  "trainer.max_epochs=2", "method.noise_attention.every_n_epochs=1",

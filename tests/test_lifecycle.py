@@ -86,6 +86,21 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
 
 
+class WeightSpoiler(EntropyProbe):
+    """Writes NaN into its weights after the update of step ``spoil_at_step`` (no NaN loss: a bad optimizer step)."""
+
+    def __init__(self, *args, spoil_at_step=-1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spoil_at_step = spoil_at_step
+
+    def training_step(self, batch, batch_idx):
+        step = int(self.steps)
+        super().training_step(batch, batch_idx)
+        if step == self.spoil_at_step:
+            with torch.no_grad():
+                self.head.weight.fill_(float("nan"))
+
+
 class SamplingProbe(EntropyProbe):
     """Draws from its own soft assignment every step: NaN weights break the next forward (torch.multinomial)."""
 
@@ -131,6 +146,19 @@ def test_the_end_of_training_is_checkpointed_off_the_interval(tmp_path):
     assert last["global_step"] == 15
     again = run(cfg)  # re-running the finished folder trains nothing more
     assert again["global_step"] == 15 and not again.get("history")
+
+
+def test_sessions_that_end_off_the_interval_resume_where_they_ended(tmp_path):
+    cfg = probe_cfg(tmp_path)
+    cfg.callbacks.model_checkpoint.every_n_epochs = 2
+    for epochs in (1, 2, 3):  # session 1 saves nothing by the interval; each session ends where the next resumes
+        cfg.trainer.max_epochs = epochs
+        result = run(cfg)
+        assert result["global_step"] == 5 * epochs
+        assert [h["epoch"] for h in result["history"]] == [epochs - 1]  # no epoch trained twice
+        last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+        assert last["global_step"] == 5 * epochs
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("last*")) == ["last.ckpt"]
 
 
 @pytest.mark.parametrize("method", [
@@ -186,3 +214,22 @@ def test_a_run_folder_resumes_only_its_own_run(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"not a model")
     with pytest.raises(GenclustError, match="cannot be read"):
         predict(tmp_path)
+
+
+def test_nan_weights_with_finite_losses_stop_before_evaluation_and_checkpoint(tmp_path, monkeypatch):
+    from genclust.evaluation.callback import ClusteringEvaluator
+
+    evaluated = []
+    real = ClusteringEvaluator.on_train_epoch_end
+
+    def spy(self, trainer, module):
+        evaluated.append(trainer.current_epoch)
+        return real(self, trainer, module)
+
+    monkeypatch.setattr(ClusteringEvaluator, "on_train_epoch_end", spy)
+    cfg = probe_cfg(tmp_path, spoil_at_step=9, divergence_check_every=50)  # the last batch of epoch 1
+    cfg.method._target_ = "tests.test_lifecycle.WeightSpoiler"
+    with pytest.raises(DivergenceError, match=r"parameters head.weight became NaN/inf in epoch 1"):
+        run(cfg)
+    assert evaluated == [0]  # epoch 1's model was never evaluated
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 5

@@ -147,7 +147,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except Exception as err:
         # a NaN that arrives between two divergence checks often breaks the next forward pass first (BCE on NaN
         # images, sampling from NaN probabilities): name the divergence, not the symptom
-        bad = method.diverged_losses() or method.nonfinite_parameters()
+        try:  # this rank only (no collective); a CUDA device-side assert may have poisoned the context
+            bad = method.diverged_losses() or method.nonfinite_parameters()
+        except Exception:  # noqa: BLE001 - the check itself failed: report the original error
+            bad = []
         if not bad:
             raise
         first = (str(err).strip().splitlines() or [""])[0][:160]

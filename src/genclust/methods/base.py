@@ -280,18 +280,32 @@ class ClusteringMethod(pl.LightningModule):
             done = max(done, (trainer.current_epoch + (batch_idx + 1) / n_batches) / trainer.max_epochs)
         return min(max(done, 0.0), 1.0)
 
-    def diverged_losses(self) -> list[str]:
-        """The watched losses that were NaN/inf at some step (one host sync; more only when some were)."""
-        if not self._nonfinite or not bool(torch.stack(list(self._nonfinite.values())).any()):
+    def diverged_losses(self, across_ranks: bool = False) -> list[str]:
+        """The watched losses that were NaN/inf at some step (one host sync; more only when some were).
+
+        ``across_ranks`` (a collective under DDP: every rank must call it at the same point): true on every rank
+        when any rank diverged, so that all ranks stop together instead of the others waiting in a collective."""
+        if self._nonfinite:
+            local = torch.stack(list(self._nonfinite.values())).any()
+        else:
+            local = torch.zeros((), dtype=torch.bool, device=self.device)
+        if across_ranks and dist.is_available() and dist.is_initialized():
+            flag = local.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            anywhere = bool(flag)
+        else:
+            anywhere = bool(local)
+        if not anywhere:
             return []
-        return [name for name, bad in self._nonfinite.items() if bool(bad)]
+        return [name for name, bad in self._nonfinite.items() if bool(bad)] or ["on another rank"]
 
     def nonfinite_parameters(self) -> list[str]:
         """Names of parameters holding NaN/inf (a step can go bad with finite losses: an inf gradient)."""
         return [name for name, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
 
     def raise_if_diverged(self, check_parameters: bool = False) -> None:
-        bad = self.diverged_losses()
+        """Raise DivergenceError on a NaN/inf loss (or parameter); called at the same points on every rank."""
+        bad = self.diverged_losses(across_ranks=True)
         where = f"in epoch {self.trainer.current_epoch}" if self._trainer is not None else "in training"
         if bad:
             raise DivergenceError(f"{type(self).__name__}: a training loss ({', '.join(bad)}) became NaN/inf {where}")
@@ -463,6 +477,10 @@ class RunGuard(pl.Callback):
             if last.is_symlink():  # save_last: link points at the older epoch's file: replace the link
                 last.unlink()
         trainer.strategy.barrier()
+        # ModelCheckpoint's own notion of the last file (saved in the checkpoint's callback state): without it,
+        # its on_train_end (when it saved nothing this session) and the next session's saves see a foreign
+        # last.ckpt and write last-v1.ckpt beside it, and a later resume reads the stale last.ckpt
+        callback.last_model_path = str(last)
         trainer.save_checkpoint(last)
 
 
@@ -478,7 +496,9 @@ def rng_states() -> dict[str, Any]:
                    "gauss": None if gauss is None else float(gauss)},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's device only: under DDP rank 0 writes the checkpoint and every rank restores it onto its
+        # own device (the ranks draw alike: one seed, the same calls)
+        states["cuda"] = torch.cuda.get_rng_state()
     return states
 
 
@@ -490,8 +510,8 @@ def restore_rng_states(states: Mapping[str, Any]) -> None:
                          np_state["has_gauss"], np_state["cached_gaussian"]))
     py = states["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    if isinstance(states.get("cuda"), Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"].cpu())
 
 
 def _one_hot_or(probs: Tensor | None, labels: Tensor, width: int) -> Tensor:
