@@ -43,8 +43,8 @@ BUNDLED = {"fashion_mnist": Path(__file__).resolve().parent / "bundled" / "fashi
 FASHION_5_GROUPS = ((0, 3), (1,), (2, 4, 6), (8,), (5, 7, 9))
 
 
-# The first ten labels of each official part: MNIST and Fashion-MNIST share file names and shapes, so files found
-# directly in data_dir (not in a dataset's own subfolder) are checked against the other set's signature.
+# The first ten labels of each official part: MNIST and Fashion-MNIST share file names and shapes, so the files
+# read (from whichever folder: data_dir itself is searched too) are checked against the other set's signature.
 LABEL_SIGNATURES = {("mnist", "test"): (7, 2, 1, 0, 4, 1, 4, 9, 5, 9),
                     ("mnist", "train"): (5, 0, 4, 1, 9, 2, 1, 3, 1, 4),
                     ("fashion_mnist", "test"): (9, 2, 1, 1, 6, 1, 4, 6, 5, 7),
