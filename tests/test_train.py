@@ -63,7 +63,7 @@ def test_unknown_option_is_one_line(tmp_path, group):
         assert known in lines[0]
 
 
-@pytest.mark.parametrize("override", ["method.n_clusters=0", "dataset.n_clusters=0", "method.n_clusters=1.5",
+@pytest.mark.parametrize("override", ["method.n_clusters=0", "dataset.n_clusters=0", "method.n_clusters=1.5", "method.n_clusters=ten",
                                       "dataset.n_clusters=2.5"])
 def test_impossible_k_is_one_line(tmp_path, override):
     proc = run_cli([override, "method=kmeans"], tmp_path)

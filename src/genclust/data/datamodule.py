@@ -98,7 +98,11 @@ class ClusteringDataModule(pl.LightningDataModule):
         self.name = str(self.config["name"])
         self.kind = str(self.config.get("kind", "image" if len(self.config["img_shape"]) == 3 else "vector"))
         k = self.config["n_clusters"]
-        if isinstance(k, bool) or not float(k).is_integer():
+        try:
+            whole = not isinstance(k, bool) and float(k).is_integer()
+        except (TypeError, ValueError):
+            whole = False
+        if not whole:
             raise ConfigError(f"dataset '{self.name}': n_clusters must be a whole number, got {k}")
         self.n_clusters = int(k)
         self.img_shape = tuple(int(s) for s in self.config["img_shape"])

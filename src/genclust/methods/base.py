@@ -74,7 +74,7 @@ class ClusteringMethod(pl.LightningModule):
         autocast: str = "none",
     ) -> None:
         super().__init__()
-        if isinstance(n_clusters, bool) or not float(n_clusters).is_integer() or int(n_clusters) < 1:
+        if not _whole_number(n_clusters) or int(n_clusters) < 1:
             raise ConfigError(f"n_clusters must be a whole number >= 1, got {n_clusters}")
         if pixel_range not in PIXEL_RANGES:
             raise ConfigError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
@@ -436,6 +436,13 @@ class ClusteringMethod(pl.LightningModule):
 
     def readout_info(self) -> dict[str, Any]:
         return {name: r.describe() for name, r in self.readouts.items()}
+
+
+def _whole_number(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):  # "ten", None
+        return False
 
 
 class RunGuard(pl.Callback):
