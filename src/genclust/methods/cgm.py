@@ -16,6 +16,9 @@ checkpoints; under DDP each rank updates the indices it trains on and the base m
 
 Langevin parametrisation: z <- z - (s^2 / 2) dE/dz + s eps, E = -log p (the alternating back-propagation
 paper [11]'s form; Eq. 3's delta is s^2 / 2). The paper gives no step size: ``langevin.step_size`` is ours.
+In learning, G's batch norm (§3.3) stays in train mode through the Langevin passes and the K-way y-pass (ours: the
+paper does not say), so an example's energy there depends on its batch, and the y-pass normalises over N x K rows
+(every class) where the generator step normalises over N; inference on new data runs G at its running statistics.
 
 Clustering (``cluster_probs(x, idx)``):
 
