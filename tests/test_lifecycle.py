@@ -165,7 +165,10 @@ def test_sessions_that_end_off_the_interval_resume_where_they_ended(tmp_path):
     ["method=clustergan", "method.autocast=none", "method.n_critic=2"],
     ["method=udc", "method.autocast=none", "method.n_critic=2", "method.nets.generator.dim=8",
      "method.nets.critic.dim=8", "method.nets.classifier.dim=8"],
-], ids=["clustergan", "udc"])
+    ["method=hrwae_gan", "method.noise_attention.every_n_epochs=1", "method.noise_attention.start_epoch=1",
+     "method.nets.autoencoder.channels=[8,8,16,16,16]", "method.nets.discriminator.hidden=[16]"],
+    ["method=cgm", "method.langevin.steps=3"],
+], ids=["clustergan", "udc", "hrwae_gan", "cgm"])
 def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path, method):
     """Random streams travel in the checkpoint (and UDC's cycle across an epoch's end), so stopping after epoch 1
     and resuming gives the uninterrupted run's model bit for bit."""
