@@ -208,6 +208,12 @@ def test_a_run_folder_resumes_only_its_own_run(tmp_path):
     other.seed = 7
     with pytest.raises(GenclustError, match=r"written by another run: seed 0 \(now 7\)"):
         run(other)
+    changed = probe_cfg(tmp_path, lr=0.5)
+    with pytest.raises(GenclustError, match=r"another run: method.lr None \(now 0.5\)"):
+        run(changed)
+    longer = probe_cfg(tmp_path)
+    longer.trainer.max_epochs = 2  # the trainer's settings may change: that is how a run is extended
+    assert run(longer)["global_step"] == 10
     last = tmp_path / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
     last.unlink()  # a link (save_last: link): write a truncated copy in its place

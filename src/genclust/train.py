@@ -129,7 +129,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = cfg.get("ckpt_path")
     last = run_dir / "checkpoints" / "last.ckpt"
     method.run_identity = {"method": cfg.get("method_name"), "dataset": datamodule.name, "seed": cfg.seed,
-                           "fit_set_digest": method.fit_set_digest}
+                           "fit_set_digest": method.fit_set_digest,
+                           "method_config": _flat(OmegaConf.to_container(cfg.method, resolve=True))}
     if ckpt_path is None and last.is_file():
         ckpt_path = str(last)
         log.info("resuming from %s", ckpt_path)
@@ -204,7 +205,12 @@ def check_resumable(path: Path, identity: dict[str, Any], strict: bool = True) -
     if not recorded:
         return  # written before 2026-12-07 (or by another tool): nothing to compare
     differ = [f"{key} {recorded.get(key)!r} (now {value!r})" for key, value in identity.items()
-              if key in recorded and recorded.get(key) != value]
+              if key in recorded and recorded.get(key) != value and key != "method_config"]
+    old_cfg, new_cfg = recorded.get("method_config"), identity.get("method_config")
+    if isinstance(old_cfg, dict) and isinstance(new_cfg, dict) and not differ:  # same method: which settings moved
+        keys = sorted(k for k in old_cfg.keys() | new_cfg.keys() if old_cfg.get(k) != new_cfg.get(k))
+        differ = [f"method.{k} {old_cfg.get(k)!r} (now {new_cfg.get(k)!r})" for k in keys[:3]]
+        differ += [f"{len(keys) - 3} more method settings"] if len(keys) > 3 else []
     if not differ:
         return
     message = (f"{path} was written by another run: {'; '.join(differ)}. Use a new output folder "
@@ -212,6 +218,16 @@ def check_resumable(path: Path, identity: dict[str, Any], strict: bool = True) -
     if strict:
         raise GenclustError(message)
     log.warning("starting from a checkpoint of another run: %s", "; ".join(differ))
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b": leaf} of a nested config (lists kept whole)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
 def _kept(last: Path) -> str:
