@@ -32,6 +32,14 @@ from genclust.errors import ConfigError, DataError
 PIXEL_RANGES = ("unit", "tanh")
 
 
+def is_whole_number(value: Any) -> bool:
+    """True for 3, 3.0, "3"; False for 1.5, "ten", None and booleans (a K must be a count)."""
+    try:
+        return not isinstance(value, bool) and float(value).is_integer()
+    except (TypeError, ValueError):
+        return False
+
+
 def content_digest(x: Tensor | np.ndarray) -> str:
     """shape, dtype and SHA-1 of an array's bytes: which data a run was fitted on (two datasets with the same
     name and shape, e.g. MNIST and Fashion-MNIST files in one folder, differ here)."""
@@ -98,11 +106,7 @@ class ClusteringDataModule(pl.LightningDataModule):
         self.name = str(self.config["name"])
         self.kind = str(self.config.get("kind", "image" if len(self.config["img_shape"]) == 3 else "vector"))
         k = self.config["n_clusters"]
-        try:
-            whole = not isinstance(k, bool) and float(k).is_integer()
-        except (TypeError, ValueError):
-            whole = False
-        if not whole:
+        if not is_whole_number(k):
             raise ConfigError(f"dataset '{self.name}': n_clusters must be a whole number, got {k}")
         self.n_clusters = int(k)
         self.img_shape = tuple(int(s) for s in self.config["img_shape"])

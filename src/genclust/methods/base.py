@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from genclust.data.datamodule import PIXEL_RANGES
+from genclust.data.datamodule import PIXEL_RANGES, is_whole_number
 from genclust.errors import ConfigError, DivergenceError
 from genclust.latent import ExampleState
 from genclust.nets.blocks import eval_mode
@@ -74,7 +74,7 @@ class ClusteringMethod(pl.LightningModule):
         autocast: str = "none",
     ) -> None:
         super().__init__()
-        if not _whole_number(n_clusters) or int(n_clusters) < 1:
+        if not is_whole_number(n_clusters) or int(n_clusters) < 1:
             raise ConfigError(f"n_clusters must be a whole number >= 1, got {n_clusters}")
         if pixel_range not in PIXEL_RANGES:
             raise ConfigError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
@@ -301,7 +301,11 @@ class ClusteringMethod(pl.LightningModule):
 
     def nonfinite_parameters(self) -> list[str]:
         """Names of parameters holding NaN/inf (a step can go bad with finite losses: an inf gradient)."""
-        return [name for name, p in self.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+        named = list(self.named_parameters())
+        if not named:
+            return []
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named]).cpu()  # one host sync
+        return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
 
     def raise_if_diverged(self, check_parameters: bool = False) -> None:
         """Raise DivergenceError on a NaN/inf loss (or parameter); called at the same points on every rank."""
@@ -436,13 +440,6 @@ class ClusteringMethod(pl.LightningModule):
 
     def readout_info(self) -> dict[str, Any]:
         return {name: r.describe() for name, r in self.readouts.items()}
-
-
-def _whole_number(value: Any) -> bool:
-    try:
-        return not isinstance(value, bool) and float(value).is_integer()
-    except (TypeError, ValueError):  # "ten", None
-        return False
 
 
 class RunGuard(pl.Callback):

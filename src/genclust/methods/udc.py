@@ -153,6 +153,7 @@ class UDC(ClusteringMethod):
         self._last_gp = torch.zeros(())
         self._next_real_diag = 0  # generator step from which the next written log also holds the real-batch diagnostics
         self._fakes: dict[str, list[Any]] | None = None
+        self._restored_cycle: dict[str, Any] | None = None  # on_load_checkpoint -> on_train_start
 
     # ------------------------------------------------------------------ schedule
     def stair(self, t: int | None = None) -> int:
@@ -234,7 +235,7 @@ class UDC(ClusteringMethod):
 
     def on_train_start(self) -> None:
         self._t = int(self.gen_steps)  # resume: one host read, once
-        cycle, self._restored_cycle = getattr(self, "_restored_cycle", None), None
+        cycle, self._restored_cycle = self._restored_cycle, None
         self._critic_in_cycle = int(cycle["critic_in_cycle"]) if cycle else 0
         self._critic_calls = int(cycle["critic_calls"]) if cycle else self._critic_calls
         self._fakes = None
